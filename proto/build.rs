@@ -1,0 +1,12 @@
+//! Compiles `offpeak/v1/*.proto` with the pure-Rust `protox` compiler, so a fresh clone
+//! builds without `protoc` installed.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["offpeak/v1/agent.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let fds = protox::compile(files, ["."])?;
+    tonic_prost_build::configure().compile_fds(fds)?;
+    Ok(())
+}

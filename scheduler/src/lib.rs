@@ -1,0 +1,18 @@
+//! offpeak scheduler: decides when, where and at what power limit each training job runs.
+//!
+//! Layout:
+//! - [`units`]: quantities with the unit in the type, and the slot grid;
+//! - [`scenario`]: simulation scenarios (YAML + CSV) loaded into validated domain types;
+//! - [`planner`]: the pure planning core and its policies (`offpeak`, `asap`, `threshold`);
+//! - [`sim`]: the event-driven replay that feeds a policy only what it could know;
+//! - [`schedule`]: the schedule file and its pricing (the checker's formulas);
+//! - [`summary`]: the figures `offpeak simulate` prints;
+//! - [`cli`]: the `offpeak` command line (the binary only parses and calls into it).
+
+pub mod cli;
+pub mod planner;
+pub mod scenario;
+pub mod schedule;
+pub mod sim;
+pub mod summary;
+pub mod units;

@@ -1,0 +1,90 @@
+//! The `asap` reference policy: full power, submit order, the first zone with room, as soon as
+//! capacity allows. It honours price caps (a capped job waits until its whole run is under the
+//! cap), so that its schedules are valid; otherwise it is blind to prices and carbon.
+
+use super::Policy;
+use super::context::{Context, slots_needed};
+use super::nodes;
+use super::reasons;
+use super::snapshot::{Pending, Plan, Rejection, Snapshot, Start};
+
+/// Run everything as soon as it fits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Asap;
+
+impl Policy for Asap {
+    fn name(&self) -> &'static str {
+        "asap"
+    }
+
+    fn plan(&self, snap: &Snapshot<'_>) -> Plan {
+        let mut ctx = Context::new(snap);
+        let mut plan = Plan::default();
+        for (qi, job) in snap.queue.iter().enumerate() {
+            let pools: Vec<usize> = ctx.pools_for(job.accelerator).collect();
+            if let Some(start) = start_now(&mut ctx, snap, qi, &pools, |_| true) {
+                plan.starts.push(start);
+            } else if let Some(reason) = reasons::cap_unmeetable(&ctx, snap, job) {
+                plan.rejections.push(Rejection {
+                    pending: qi,
+                    reason,
+                });
+            }
+        }
+        plan
+    }
+}
+
+/// Starts queued job `qi` now at full power in the first of `pools` (in the given order) that
+/// has room, keeps its cap and passes `accept`; takes the nodes in `ctx`.
+pub(crate) fn start_now(
+    ctx: &mut Context,
+    snap: &Snapshot<'_>,
+    qi: usize,
+    pools: &[usize],
+    accept: impl Fn(usize) -> bool,
+) -> Option<Start> {
+    let job = &snap.queue[qi];
+    if job.earliest > snap.now {
+        return None;
+    }
+    let profile = &snap.profiles[job.profile];
+    let point = profile.full_power();
+    let d = slots_needed(
+        job.work_left.0,
+        profile.points[point].throughput,
+        ctx.slot_hours,
+    );
+    if d > ctx.horizon {
+        return None;
+    }
+    for &pi in pools {
+        let pool = &ctx.pools[pi];
+        if !accept(pi) || !cap_holds(ctx, snap, job, pool.zone, d) {
+            continue;
+        }
+        if let Some(assignment) = nodes::assign(pool, snap.nodes, &ctx.node_used, job.gpus) {
+            nodes::take(&mut ctx.node_used, &assignment);
+            return Some(Start {
+                pending: qi,
+                zone: pool.zone,
+                point,
+                end: snap.now + d as u32,
+                nodes: assignment,
+            });
+        }
+    }
+    None
+}
+
+/// Whether a run of `d` slots from now keeps the job's cap: on published prices wherever the
+/// run fits inside the lookahead, on estimates only for runs longer than the lookahead.
+fn cap_holds(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, zone: usize, d: usize) -> bool {
+    let Some(cap) = job.price_cap else {
+        return true;
+    };
+    if d > ctx.known && d <= snap.lookahead as usize {
+        return false;
+    }
+    ctx.price[zone][..d].iter().all(|&p| p <= cap.0 + 1e-9)
+}

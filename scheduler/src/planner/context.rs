@@ -1,0 +1,187 @@
+//! What every policy derives from a snapshot before deciding: the signals from `now` to the end
+//! (known, then estimated), the objective per kWh in every zone and slot, the pools of nodes
+//! (zone × accelerator) and their fluid free capacity.
+
+use super::forecast;
+use super::snapshot::{Pending, Snapshot};
+use crate::units::Slot;
+
+/// Nodes of one accelerator in one zone.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub zone: usize,
+    pub accelerator: usize,
+    pub nodes: Vec<usize>,
+    /// GPUs per node as the fewest-nodes rule counts them (the group's first node).
+    pub per_node: u32,
+    pub total: u32,
+}
+
+/// Derived planning state. Slot arrays are relative: index `r` is slot `now + r`.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub now: Slot,
+    /// `end - now`: number of slots a run may still use.
+    pub horizon: usize,
+    /// `known_until - now`: slots from `now` whose signals are published.
+    pub known: usize,
+    pub slot_hours: f64,
+    /// Price per zone per relative slot (known or estimated), currency/MWh.
+    pub price: Vec<Vec<f64>>,
+    /// Objective per IT kWh per zone per relative slot: PUE × (price + carbon price × intensity).
+    pub unit: Vec<Vec<f64>>,
+    /// Prefix sums of `unit` per zone (length horizon + 1).
+    pub unit_prefix: Vec<Vec<f64>>,
+    pub pools: Vec<Pool>,
+    /// Free GPUs per pool per relative slot, after the runs in progress.
+    pub free: Vec<Vec<i64>>,
+    /// GPUs in use per node now.
+    pub node_used: Vec<u32>,
+}
+
+impl Context {
+    /// Derives the context of a snapshot.
+    pub fn new(snap: &Snapshot<'_>) -> Self {
+        let now = snap.now;
+        let horizon = snap.end.saturating_sub(now) as usize;
+        let known_until = snap.known_until();
+        let known = known_until.saturating_sub(now) as usize;
+        let slot_hours = snap.slot_hours.0;
+        let slots_per_day = (24.0 / slot_hours).round() as usize;
+        let cp_per_kg = snap.carbon_price.0 / 1000.0;
+        let from = now as usize;
+        let to = snap.end as usize;
+        let mut price = Vec::with_capacity(snap.zones.len());
+        let mut unit = Vec::with_capacity(snap.zones.len());
+        let mut unit_prefix = Vec::with_capacity(snap.zones.len());
+        for z in &snap.zones {
+            let p: Vec<f64> = z.price.iter().map(|v| v.0).collect();
+            let c: Vec<f64> = z.carbon.iter().map(|v| v.0).collect();
+            let p = forecast::extend(&p, from, to, slots_per_day);
+            let c = forecast::extend(&c, from, to, slots_per_day);
+            let u: Vec<f64> = p
+                .iter()
+                .zip(&c)
+                .map(|(p, c)| z.pue * (p / 1000.0 + cp_per_kg * c / 1000.0))
+                .collect();
+            let mut pre = Vec::with_capacity(u.len() + 1);
+            let mut acc = 0.0;
+            pre.push(0.0);
+            for v in &u {
+                acc += v;
+                pre.push(acc);
+            }
+            price.push(p);
+            unit.push(u);
+            unit_prefix.push(pre);
+        }
+        let mut pools: Vec<Pool> = Vec::new();
+        let mut pool_of_node = vec![0usize; snap.nodes.len()];
+        for (i, n) in snap.nodes.iter().enumerate() {
+            let pi = match pools
+                .iter()
+                .position(|p| p.zone == n.zone && p.accelerator == n.accelerator)
+            {
+                Some(pi) => pi,
+                None => {
+                    pools.push(Pool {
+                        zone: n.zone,
+                        accelerator: n.accelerator,
+                        nodes: Vec::new(),
+                        per_node: n.gpus,
+                        total: 0,
+                    });
+                    pools.len() - 1
+                }
+            };
+            pools[pi].nodes.push(i);
+            pools[pi].total += n.gpus;
+            pool_of_node[i] = pi;
+        }
+        let mut free: Vec<Vec<i64>> = pools
+            .iter()
+            .map(|p| vec![i64::from(p.total); horizon])
+            .collect();
+        let mut node_used = vec![0u32; snap.nodes.len()];
+        for a in snap.active {
+            if a.end <= now {
+                continue;
+            }
+            node_used[a.node] += a.gpus;
+            let until = (a.end - now) as usize;
+            for f in &mut free[pool_of_node[a.node]][..until.min(horizon)] {
+                *f -= i64::from(a.gpus);
+            }
+        }
+        Context {
+            now,
+            horizon,
+            known,
+            slot_hours,
+            price,
+            unit,
+            unit_prefix,
+            pools,
+            free,
+            node_used,
+        }
+    }
+
+    /// Pools that can hold a job of this accelerator at all.
+    pub fn pools_for(&self, accelerator: usize) -> impl Iterator<Item = usize> + '_ {
+        self.pools
+            .iter()
+            .enumerate()
+            .filter(move |(_, p)| p.accelerator == accelerator && p.total > 0)
+            .map(|(i, _)| i)
+    }
+
+    /// First relative slot the job may start in.
+    pub fn first(&self, job: &Pending) -> usize {
+        job.earliest.saturating_sub(self.now) as usize
+    }
+
+    /// Relative deadline (runs ending after it are late), clamped to the horizon.
+    pub fn deadline(&self, job: &Pending) -> usize {
+        (job.deadline.saturating_sub(self.now) as usize).min(self.horizon)
+    }
+
+    /// Objective of `gpus` GPUs drawing `watts` each over relative slots `a..b` in `zone`.
+    pub fn objective(&self, zone: usize, gpus: u32, watts: f64, a: usize, b: usize) -> f64 {
+        let pre = &self.unit_prefix[zone];
+        f64::from(gpus) * watts / 1000.0 * self.slot_hours * (pre[b] - pre[a])
+    }
+
+    /// Takes `gpus` of a pool's fluid capacity over relative slots `a..b`.
+    pub fn reserve(&mut self, pool: usize, gpus: u32, a: usize, b: usize) {
+        for f in &mut self.free[pool][a..b.min(self.horizon)] {
+            *f -= i64::from(gpus);
+        }
+    }
+}
+
+/// Slots of `slot_hours` needed to do `work` hours of work at `throughput`.
+///
+/// The checker accepts work within 1e-4 h of the need; half of that is kept as margin so
+/// that rounding in its own sums can never tip a run into "not enough work".
+pub fn slots_needed(work: f64, throughput: f64, slot_hours: f64) -> usize {
+    const WORK_TOLERANCE_H: f64 = 5e-5;
+    let per_slot = throughput * slot_hours;
+    let need = (work - WORK_TOLERANCE_H).max(0.0);
+    let n = (need / per_slot).ceil() as usize;
+    n.max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slots_needed;
+
+    #[test]
+    fn slots_cover_the_work() {
+        assert_eq!(slots_needed(1.0, 1.0, 0.25), 4);
+        assert_eq!(slots_needed(1.00001, 1.0, 0.25), 4);
+        assert_eq!(slots_needed(1.001, 1.0, 0.25), 5);
+        assert_eq!(slots_needed(1.0, 0.72, 0.25), 6);
+        assert_eq!(slots_needed(0.0, 1.0, 0.25), 1);
+    }
+}

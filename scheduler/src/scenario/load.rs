@@ -1,0 +1,627 @@
+//! Reading a scenario folder: `scenario.yaml`, the zones' signal CSVs and `jobs.csv`.
+//!
+//! Parsing is strict (unknown YAML keys are errors) and every semantic check names the file,
+//! the line and the field, because a scenario is hand-edited as often as generated.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::error::ScenarioError;
+use super::model::{Job, Node, Profile, ProfilePoint, Scenario, Zone};
+use crate::units::{GramsPerKwh, Hours, MoneyPerTonne, PricePerMwh, Slot, SlotGrid, Watts};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawScenario {
+    name: String,
+    start: Spanned<String>,
+    slot_minutes: Spanned<i64>,
+    lookahead_hours: Spanned<f64>,
+    #[serde(default)]
+    checkpoint_overhead_minutes: Option<Spanned<f64>>,
+    #[serde(default)]
+    carbon_price_per_tonne: Option<Spanned<f64>>,
+    #[serde(default = "default_currency")]
+    currency: String,
+    profiles: BTreeMap<String, RawProfile>,
+    zones: Vec<RawZone>,
+    jobs: Spanned<String>,
+}
+
+fn default_currency() -> String {
+    "USD".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfile {
+    points: Vec<RawPoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPoint {
+    power_limit_watts: Spanned<f64>,
+    throughput: Spanned<f64>,
+    watts: Spanned<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawZone {
+    name: Spanned<String>,
+    pue: Spanned<f64>,
+    #[serde(default)]
+    signals: Option<Spanned<String>>,
+    #[serde(default)]
+    nodes: Vec<RawNodeGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNodeGroup {
+    accelerator: Spanned<String>,
+    gpus: Spanned<i64>,
+    count: Spanned<i64>,
+}
+
+/// Loads and validates the scenario in folder `dir`.
+pub fn load(dir: &Path) -> Result<Scenario, ScenarioError> {
+    let yaml_path = dir.join("scenario.yaml");
+    let text = read(&yaml_path)?;
+    let raw: RawScenario = serde_saphyr::from_str(&text).map_err(|e| ScenarioError::ParseYaml {
+        path: yaml_path.clone(),
+        message: e.to_string(),
+    })?;
+    let y = YamlCtx { path: &yaml_path };
+
+    let start =
+        parse_time(&raw.start.value).map_err(|reason| y.field(&raw.start, "start", reason))?;
+    let slot_minutes = raw.slot_minutes.value;
+    if !(1..=1440).contains(&slot_minutes) || 1440 % slot_minutes != 0 {
+        return Err(y.field(
+            &raw.slot_minutes,
+            "slot_minutes",
+            format!("{slot_minutes} must divide a day (1..=1440 minutes)"),
+        ));
+    }
+    let grid = SlotGrid {
+        start,
+        minutes: slot_minutes as u32,
+    };
+    let lookahead = raw.lookahead_hours.value;
+    if !(lookahead.is_finite() && lookahead > 0.0) {
+        return Err(y.field(
+            &raw.lookahead_hours,
+            "lookahead_hours",
+            format!("{lookahead} must be a positive number of hours"),
+        ));
+    }
+    let lookahead_slots = (lookahead * 60.0 / slot_minutes as f64).floor() as Slot;
+    let overhead_min = match &raw.checkpoint_overhead_minutes {
+        Some(v) if !(v.value.is_finite() && v.value >= 0.0) => {
+            return Err(y.field(
+                v,
+                "checkpoint_overhead_minutes",
+                format!("{} must be zero or more", v.value),
+            ));
+        }
+        Some(v) => v.value,
+        None => 0.0,
+    };
+    let carbon_price = match &raw.carbon_price_per_tonne {
+        Some(v) if !v.value.is_finite() => {
+            return Err(y.field(
+                v,
+                "carbon_price_per_tonne",
+                "must be a finite number".into(),
+            ));
+        }
+        Some(v) => v.value,
+        None => 0.0,
+    };
+
+    let profiles = load_profiles(&y, &raw.profiles)?;
+    let (zone_defs, accelerators, nodes) = load_zones(&y, &raw.zones)?;
+
+    let mut zones = Vec::with_capacity(zone_defs.len());
+    let mut n_slots: Option<Slot> = None;
+    for (name, pue, signals_rel) in zone_defs {
+        let path = dir.join(&signals_rel);
+        let (price, carbon) = load_signals(&path, &grid)?;
+        let len = price.len() as Slot;
+        n_slots = Some(n_slots.map_or(len, |n| n.min(len)));
+        zones.push(Zone {
+            name,
+            pue,
+            price,
+            carbon,
+        });
+    }
+    let n_slots = n_slots.unwrap_or(0);
+    for z in &mut zones {
+        z.price.truncate(n_slots as usize);
+        z.carbon.truncate(n_slots as usize);
+    }
+
+    let jobs_path = dir.join(&raw.jobs.value);
+    let jobs = load_jobs(&jobs_path, &profiles, &accelerators)?;
+
+    Ok(Scenario {
+        name: raw.name,
+        grid,
+        lookahead_slots,
+        checkpoint_overhead: Hours(overhead_min / 60.0),
+        carbon_price: MoneyPerTonne(carbon_price),
+        currency: raw.currency,
+        profiles,
+        accelerators,
+        zones,
+        nodes,
+        jobs,
+        n_slots,
+    })
+}
+
+fn read(path: &Path) -> Result<String, ScenarioError> {
+    std::fs::read_to_string(path).map_err(|source| ScenarioError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e})"))
+}
+
+struct YamlCtx<'a> {
+    path: &'a Path,
+}
+
+impl YamlCtx<'_> {
+    fn field<T>(&self, at: &Spanned<T>, field: &str, reason: String) -> ScenarioError {
+        ScenarioError::InvalidField {
+            path: self.path.to_owned(),
+            line: at.referenced.line(),
+            field: field.to_owned(),
+            reason,
+        }
+    }
+}
+
+fn load_profiles(
+    y: &YamlCtx<'_>,
+    raw: &BTreeMap<String, RawProfile>,
+) -> Result<Vec<Profile>, ScenarioError> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, p) in raw {
+        let mut points = Vec::with_capacity(p.points.len());
+        for (i, pt) in p.points.iter().enumerate() {
+            let field = |f: &str| format!("profiles.{name}.points[{i}].{f}");
+            let lim = pt.power_limit_watts.value;
+            if !(lim.is_finite() && lim > 0.0 && lim.fract() == 0.0) {
+                return Err(y.field(
+                    &pt.power_limit_watts,
+                    &field("power_limit_watts"),
+                    format!("{lim} must be a positive whole number of watts"),
+                ));
+            }
+            let thr = pt.throughput.value;
+            if !(thr.is_finite() && thr > 0.0) {
+                return Err(y.field(
+                    &pt.throughput,
+                    &field("throughput"),
+                    format!("{thr} must be positive"),
+                ));
+            }
+            let w = pt.watts.value;
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(y.field(
+                    &pt.watts,
+                    &field("watts"),
+                    format!("{w} must be zero or more"),
+                ));
+            }
+            if points.iter().any(|q: &ProfilePoint| q.power_limit.0 == lim) {
+                return Err(y.field(
+                    &pt.power_limit_watts,
+                    &field("power_limit_watts"),
+                    format!("{lim} W appears twice"),
+                ));
+            }
+            points.push(ProfilePoint {
+                power_limit: Watts(lim),
+                throughput: thr,
+                draw: Watts(w),
+            });
+        }
+        if points.is_empty() {
+            return Err(ScenarioError::InvalidFile {
+                path: y.path.to_owned(),
+                reason: format!(
+                    "field `profiles.{name}.points`: a profile needs at least one point"
+                ),
+            });
+        }
+        points.sort_by(|a, b| a.power_limit.0.total_cmp(&b.power_limit.0));
+        out.push(Profile {
+            name: name.clone(),
+            points,
+        });
+    }
+    Ok(out)
+}
+
+type ZoneDefs = Vec<(String, f64, String)>;
+
+fn load_zones(
+    y: &YamlCtx<'_>,
+    raw: &[RawZone],
+) -> Result<(ZoneDefs, Vec<String>, Vec<Node>), ScenarioError> {
+    let mut defs = Vec::new();
+    let mut accelerators: Vec<String> = Vec::new();
+    let mut nodes = Vec::new();
+    if raw.is_empty() {
+        return Err(ScenarioError::InvalidFile {
+            path: y.path.to_owned(),
+            reason: "field `zones`: at least one zone is needed".into(),
+        });
+    }
+    for (zi, z) in raw.iter().enumerate() {
+        let name = z.name.value.trim().to_owned();
+        if name.is_empty() {
+            return Err(y.field(
+                &z.name,
+                &format!("zones[{zi}].name"),
+                "must not be empty".into(),
+            ));
+        }
+        if defs
+            .iter()
+            .any(|(n, _, _): &(String, f64, String)| *n == name)
+        {
+            return Err(y.field(
+                &z.name,
+                &format!("zones[{zi}].name"),
+                format!("zone {name} is defined twice"),
+            ));
+        }
+        let pue = z.pue.value;
+        if !(pue.is_finite() && pue >= 1.0) {
+            return Err(y.field(
+                &z.pue,
+                &format!("zones[{zi}].pue"),
+                format!("{pue} must be at least 1.0 (facility energy / IT energy)"),
+            ));
+        }
+        let signals = match &z.signals {
+            Some(s) if !s.value.trim().is_empty() => s.value.trim().to_owned(),
+            _ => {
+                return Err(y.field(
+                    &z.name,
+                    &format!("zones[{zi}].signals"),
+                    format!("zone {name} has no signals file"),
+                ));
+            }
+        };
+        let mut counters: HashMap<usize, usize> = HashMap::new();
+        for (gi, g) in z.nodes.iter().enumerate() {
+            let field = |f: &str| format!("zones[{zi}].nodes[{gi}].{f}");
+            let acc = g.accelerator.value.trim();
+            if acc.is_empty() {
+                return Err(y.field(
+                    &g.accelerator,
+                    &field("accelerator"),
+                    "must not be empty".into(),
+                ));
+            }
+            if g.gpus.value < 1 || g.gpus.value > i64::from(u16::MAX) {
+                return Err(y.field(
+                    &g.gpus,
+                    &field("gpus"),
+                    format!(
+                        "{} must be a positive number of GPUs per node",
+                        g.gpus.value
+                    ),
+                ));
+            }
+            if g.count.value < 0 || g.count.value > 1_000_000 {
+                return Err(y.field(
+                    &g.count,
+                    &field("count"),
+                    format!("{} must be a node count from 0 to 1000000", g.count.value),
+                ));
+            }
+            let ai = match accelerators.iter().position(|a| a == acc) {
+                Some(i) => i,
+                None => {
+                    accelerators.push(acc.to_owned());
+                    accelerators.len() - 1
+                }
+            };
+            for _ in 0..g.count.value {
+                let i = counters.entry(ai).or_insert(0);
+                nodes.push(Node {
+                    name: format!("{name}-{acc}-{i}"),
+                    zone: zi,
+                    accelerator: ai,
+                    gpus: g.gpus.value as u32,
+                });
+                *i += 1;
+            }
+        }
+        defs.push((name, pue, signals));
+    }
+    Ok((defs, accelerators, nodes))
+}
+
+/// Opens a CSV file and maps the wanted columns to their positions.
+fn open_csv(
+    path: &Path,
+    columns: &[&str],
+) -> Result<(csv::Reader<std::fs::File>, Vec<usize>), ScenarioError> {
+    let file = std::fs::File::open(path).map_err(|source| ScenarioError::ReadFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+    let headers = rdr
+        .headers()
+        .map_err(|e| ScenarioError::InvalidFile {
+            path: path.to_owned(),
+            reason: format!("unreadable header: {e}"),
+        })?
+        .clone();
+    let mut idx = Vec::with_capacity(columns.len());
+    for c in columns {
+        match headers.iter().position(|h| h.trim() == *c) {
+            Some(i) => idx.push(i),
+            None => {
+                return Err(ScenarioError::MissingColumn {
+                    path: path.to_owned(),
+                    column: (*c).to_owned(),
+                    found: headers.iter().collect::<Vec<_>>().join(","),
+                });
+            }
+        }
+    }
+    Ok((rdr, idx))
+}
+
+struct Row<'a> {
+    path: &'a Path,
+    line: u64,
+    record: csv::StringRecord,
+}
+
+impl Row<'_> {
+    fn err(&self, field: &str, reason: String) -> ScenarioError {
+        ScenarioError::InvalidField {
+            path: self.path.to_owned(),
+            line: self.line,
+            field: field.to_owned(),
+            reason,
+        }
+    }
+
+    fn get(&self, i: usize, field: &str) -> Result<&str, ScenarioError> {
+        self.record
+            .get(i)
+            .map(str::trim)
+            .ok_or_else(|| self.err(field, "missing value (the row is too short)".into()))
+    }
+
+    fn number(&self, i: usize, field: &str) -> Result<f64, ScenarioError> {
+        let s = self.get(i, field)?;
+        match s.parse::<f64>() {
+            Ok(v) if v.is_finite() => Ok(v),
+            _ => Err(self.err(field, format!("`{s}` is not a finite number"))),
+        }
+    }
+
+    fn time(&self, i: usize, field: &str) -> Result<DateTime<Utc>, ScenarioError> {
+        parse_time(self.get(i, field)?).map_err(|r| self.err(field, r))
+    }
+}
+
+fn rows<'a>(
+    path: &'a Path,
+    rdr: &mut csv::Reader<std::fs::File>,
+) -> Result<Vec<Row<'a>>, ScenarioError> {
+    let mut out = Vec::new();
+    for rec in rdr.records() {
+        let record = rec.map_err(|e| ScenarioError::InvalidRow {
+            path: path.to_owned(),
+            line: e.position().map_or(0, |p| p.line()),
+            reason: e.to_string(),
+        })?;
+        let line = record.position().map_or(0, |p| p.line());
+        if record.iter().all(|f| f.trim().is_empty()) {
+            continue;
+        }
+        out.push(Row { path, line, record });
+    }
+    Ok(out)
+}
+
+/// Reads a zone's signal CSV onto the slot grid: each row holds from its time until the next
+/// row's, the last row for one more interval of the same length.
+fn load_signals(
+    path: &Path,
+    grid: &SlotGrid,
+) -> Result<(Vec<PricePerMwh>, Vec<GramsPerKwh>), ScenarioError> {
+    let (mut rdr, idx) = open_csv(path, &["time", "price_per_mwh", "carbon_g_per_kwh"])?;
+    let mut times: Vec<DateTime<Utc>> = Vec::new();
+    let mut price = Vec::new();
+    let mut carbon = Vec::new();
+    for row in rows(path, &mut rdr)? {
+        let t = row.time(idx[0], "time")?;
+        if let Some(prev) = times.last() {
+            if t <= *prev {
+                return Err(row.err("time", format!("{t} does not come after the previous row's {prev}: rows must be in time order without duplicates")));
+            }
+        }
+        let p = row.number(idx[1], "price_per_mwh")?;
+        let c = row.number(idx[2], "carbon_g_per_kwh")?;
+        if c < 0.0 {
+            return Err(row.err("carbon_g_per_kwh", format!("{c} is negative")));
+        }
+        times.push(t);
+        price.push(p);
+        carbon.push(c);
+    }
+    if times.len() < 2 {
+        return Err(ScenarioError::InvalidFile {
+            path: path.to_owned(),
+            reason: format!("needs at least two rows of signals, has {}", times.len()),
+        });
+    }
+    if times[0] > grid.start {
+        return Err(ScenarioError::InvalidField {
+            path: path.to_owned(),
+            line: 2,
+            field: "time".into(),
+            reason: format!(
+                "signals start at {}, after the scenario start {}",
+                times[0], grid.start
+            ),
+        });
+    }
+    let n = times.len();
+    let end = times[n - 1] + (times[n - 1] - times[n - 2]);
+    let n_slots = grid.position(end).floor().max(0.0) as Slot;
+    let mut slot_price = Vec::with_capacity(n_slots as usize);
+    let mut slot_carbon = Vec::with_capacity(n_slots as usize);
+    let mut row = 0usize;
+    for s in 0..n_slots {
+        let at = grid.instant(s);
+        while row + 1 < n && times[row + 1] <= at {
+            row += 1;
+        }
+        slot_price.push(PricePerMwh(price[row]));
+        slot_carbon.push(GramsPerKwh(carbon[row]));
+    }
+    Ok((slot_price, slot_carbon))
+}
+
+const JOB_COLUMNS: [&str; 10] = [
+    "id",
+    "submit",
+    "gpus",
+    "accelerator",
+    "profile",
+    "work_hours",
+    "deadline",
+    "preemptible",
+    "price_cap_per_mwh",
+    "namespace",
+];
+
+fn load_jobs(
+    path: &PathBuf,
+    profiles: &[Profile],
+    accelerators: &[String],
+) -> Result<Vec<Job>, ScenarioError> {
+    let (mut rdr, idx) = open_csv(path, &JOB_COLUMNS)?;
+    let mut jobs = Vec::new();
+    let mut seen: HashMap<String, u64> = HashMap::new();
+    for row in rows(path, &mut rdr)? {
+        let id = row.get(idx[0], "id")?.to_owned();
+        if id.is_empty() {
+            return Err(row.err("id", "must not be empty".into()));
+        }
+        if let Some(first) = seen.insert(id.clone(), row.line) {
+            return Err(row.err("id", format!("job {id} already appears on line {first}")));
+        }
+        let submit = row.time(idx[1], "submit")?;
+        let gpus_s = row.get(idx[2], "gpus")?;
+        let gpus = match gpus_s.parse::<i64>() {
+            Ok(g) if g >= 1 && g <= i64::from(u16::MAX) => g as u32,
+            Ok(g) => {
+                return Err(row.err(
+                    "gpus",
+                    format!("gang size {g} must be a positive number of GPUs"),
+                ));
+            }
+            Err(_) => {
+                return Err(row.err("gpus", format!("`{gpus_s}` is not a whole number of GPUs")));
+            }
+        };
+        let acc = row.get(idx[3], "accelerator")?;
+        let accelerator = accelerators.iter().position(|a| a == acc).ok_or_else(|| {
+            row.err(
+                "accelerator",
+                format!(
+                    "unknown accelerator `{acc}`: no zone has nodes of it (known: {})",
+                    accelerators.join(", ")
+                ),
+            )
+        })?;
+        let prof = row.get(idx[4], "profile")?;
+        let profile = profiles
+            .iter()
+            .position(|p| p.name == prof)
+            .ok_or_else(|| {
+                row.err(
+                    "profile",
+                    format!(
+                        "unknown profile `{prof}` (scenario.yaml defines: {})",
+                        profiles
+                            .iter()
+                            .map(|p| p.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?;
+        let work = row.number(idx[5], "work_hours")?;
+        if work <= 0.0 {
+            return Err(row.err(
+                "work_hours",
+                format!("{work} must be a positive number of hours"),
+            ));
+        }
+        let deadline = row.time(idx[6], "deadline")?;
+        if deadline < submit {
+            return Err(row.err(
+                "deadline",
+                format!("deadline {deadline} is before the job's submit time {submit}"),
+            ));
+        }
+        let preemptible = match row
+            .get(idx[7], "preemptible")?
+            .to_ascii_lowercase()
+            .as_str()
+        {
+            "true" => true,
+            "false" => false,
+            other => return Err(row.err("preemptible", format!("`{other}` must be true or false"))),
+        };
+        let cap_s = row.get(idx[8], "price_cap_per_mwh")?;
+        let price_cap = if cap_s.is_empty() {
+            None
+        } else {
+            Some(PricePerMwh(row.number(idx[8], "price_cap_per_mwh")?))
+        };
+        let namespace = row.get(idx[9], "namespace")?.to_owned();
+        jobs.push(Job {
+            id,
+            submit,
+            gpus,
+            accelerator,
+            profile,
+            work: Hours(work),
+            deadline,
+            preemptible,
+            price_cap,
+            namespace,
+        });
+    }
+    Ok(jobs)
+}

@@ -1,0 +1,14 @@
+//! A simulation scenario (cluster, signals, jobs), exactly as `spec/scenario.md` defines it.
+//!
+//! - [`model`]: the validated domain form the simulator and planner use;
+//! - [`load`]: reading `scenario.yaml`, `signals/*.csv` and `jobs.csv`, with errors that name
+//!   the file, line and field;
+//! - [`error`]: the error type.
+
+pub mod error;
+pub mod load;
+pub mod model;
+
+pub use error::ScenarioError;
+pub use load::load;
+pub use model::{Job, Node, Profile, ProfilePoint, Scenario, Zone};
