@@ -25,9 +25,6 @@ use crate::units::Money;
 /// take the certain present over an estimated future of the same value.
 const DELAY_TIE_BREAK: f64 = 1e-9;
 
-/// Rounds of "pick the cheapest slots, count the runs, add their overheads".
-const OVERHEAD_ROUNDS: usize = 6;
-
 /// The optimising policy.
 #[derive(Debug, Clone, Default)]
 pub struct Offpeak;
@@ -234,15 +231,58 @@ fn place_window(
     })
 }
 
-/// A candidate slot for a preemptible job: its cost and where.
-#[derive(Debug, Clone, Copy)]
-struct Cand {
-    cost: f64,
-    r: usize,
-    pool: usize,
+/// Slots of margin around a proxy selection within which "now" counts as a candidate, so the
+/// exact search runs whenever the job might start now.
+const NOW_MARGIN_SLOTS: usize = 2;
+
+/// Per pool and relative slot up to `to`: objective per kWh where the job could run, +inf where
+/// it cannot (before it may start, too few GPUs free, price above its cap).
+fn usable_units(ctx: &Context, job: &Pending, pools: &[usize], to: usize) -> Vec<Vec<f64>> {
+    let first = ctx.first(job);
+    let cap = job.price_cap.map(|c| c.0);
+    let g = i64::from(job.gpus);
+    pools
+        .iter()
+        .map(|&p| {
+            let zone = ctx.pools[p].zone;
+            (0..to)
+                .map(|r| {
+                    let usable = r >= first
+                        && ctx.free[p][r] >= g
+                        && cap.is_none_or(|c| ctx.price[zone][r] <= c + 1e-9);
+                    if usable {
+                        ctx.unit[zone][r]
+                    } else {
+                        f64::INFINITY
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Points that no other point beats on both speed and energy per unit of work.
+fn efficient_points(profile: &crate::scenario::Profile) -> Vec<usize> {
+    let pts = &profile.points;
+    let epw = |i: usize| pts[i].draw.0 / pts[i].throughput;
+    (0..pts.len())
+        .filter(|&i| {
+            !(0..pts.len()).any(|j| {
+                j != i
+                    && pts[j].throughput >= pts[i].throughput
+                    && epw(j) <= epw(i)
+                    && (pts[j].throughput > pts[i].throughput || epw(j) < epw(i) || j > i)
+            })
+        })
+        .collect()
 }
 
 /// The best set of slots for a preemptible job.
+///
+/// A proxy first: the cheapest slots (best zone each) at each efficient power limit, ignoring
+/// run overheads; it picks the limit and, when the job cannot start now anyway, is the
+/// tentative placement. When "now" is among the candidates, [`segments`] decides exactly, at
+/// the proxy's two best limits, with the overhead of every run counted.
 fn place_slots(
     ctx: &Context,
     snap: &Snapshot<'_>,
@@ -253,122 +293,334 @@ fn place_slots(
     let dl = ctx.deadline(job);
     let profile = &snap.profiles[job.profile];
     let overhead = snap.checkpoint_overhead.0;
-    let cap = job.price_cap.map(|c| c.0);
-    let g = i64::from(job.gpus);
-    // per slot, the cheapest usable pool (zone) for this job: independent of the power limit
-    let best_pool = |r: usize| -> Option<(usize, f64)> {
-        pools
-            .iter()
-            .copied()
-            .filter(|&p| {
-                ctx.free[p][r] >= g
-                    && cap.is_none_or(|c| ctx.price[ctx.pools[p].zone][r] <= c + 1e-9)
-            })
-            .map(|p| (p, ctx.unit[ctx.pools[p].zone][r]))
-            .min_by(|x, y| x.1.total_cmp(&y.1))
-    };
-    let usable: Vec<(usize, usize, f64)> = (first..ctx.horizon)
-        .filter_map(|r| best_pool(r).map(|(p, u)| (r, p, u)))
-        .collect();
-    let on_time_end = usable.partition_point(|&(r, _, _)| r < dl);
-
-    let mut best: Option<Placement> = None;
-    for (i, pt) in profile.points.iter().enumerate() {
-        let per_slot = f64::from(job.gpus) * pt.draw.0 / 1000.0 * ctx.slot_hours;
-        let mut cands: Vec<Cand> = usable[..on_time_end]
-            .iter()
-            .map(|&(r, pool, u)| Cand {
-                cost: per_slot * u,
-                r,
-                pool,
+    let work = job.work_left.0;
+    let per_slot =
+        |i: usize| f64::from(job.gpus) * profile.points[i].draw.0 / 1000.0 * ctx.slot_hours;
+    let work_per_slot = |i: usize| profile.points[i].throughput * ctx.slot_hours;
+    if dl > first {
+        let unit = usable_units(ctx, job, pools, dl);
+        let mut cands: Vec<(f64, usize, usize)> = (first..dl)
+            .filter_map(|r| {
+                (0..pools.len())
+                    .filter(|&k| unit[k][r].is_finite())
+                    .min_by(|&a, &b| unit[a][r].total_cmp(&unit[b][r]))
+                    .map(|k| (unit[k][r], r, k))
             })
             .collect();
-        cands.sort_by(|x, y| x.cost.total_cmp(&y.cost).then(x.r.cmp(&y.r)));
-        if let Some(p) = choose(
-            &cands,
-            job.work_left.0,
-            overhead,
-            pt.throughput,
-            ctx.slot_hours,
-            i,
-        ) {
-            if best.as_ref().is_none_or(|b| p.objective < b.objective) {
-                best = Some(p);
+        cands.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+        let mut prefix = Vec::with_capacity(cands.len() + 1);
+        prefix.push(0.0);
+        for c in &cands {
+            prefix.push(prefix.last().copied().unwrap_or(0.0) + c.0);
+        }
+        let mut ranked: Vec<(f64, usize, usize)> = efficient_points(profile)
+            .into_iter()
+            .filter_map(|i| {
+                let n = slots_needed(work, profile.points[i].throughput, ctx.slot_hours);
+                (n <= cands.len()).then(|| (per_slot(i) * prefix[n], i, n))
+            })
+            .collect();
+        ranked.sort_by(|x, y| x.0.total_cmp(&y.0).then(x.1.cmp(&y.1)));
+        if let Some(&(objective, i, n)) = ranked.first() {
+            let window = (n + n / 2 + NOW_MARGIN_SLOTS).min(cands.len());
+            let now_matters = first == 0 && cands[..window].iter().any(|c| c.1 == 0);
+            if now_matters {
+                let exact = ranked.iter().take(2).filter_map(|&(_, i, _)| {
+                    let input = Segments {
+                        unit: &unit,
+                        pools,
+                        from: first,
+                        to: dl,
+                        per_slot: per_slot(i),
+                        work_per_slot: work_per_slot(i),
+                        overhead,
+                        point: i,
+                    };
+                    segments(&input, work)
+                });
+                if let Some(p) = exact.min_by(|a, b| a.objective.total_cmp(&b.objective)) {
+                    return Some(p);
+                }
+            } else {
+                let mut picked: Vec<(usize, usize)> =
+                    cands[..n].iter().map(|c| (c.1, c.2)).collect();
+                picked.sort_unstable();
+                let mut blocks: Vec<Block> = Vec::new();
+                for (r, k) in picked {
+                    match blocks.last_mut() {
+                        Some(b) if b.b == r && b.pool == pools[k] => b.b += 1,
+                        _ => blocks.push(Block {
+                            pool: pools[k],
+                            point: i,
+                            a: r,
+                            b: r + 1,
+                        }),
+                    }
+                }
+                return Some(Placement { blocks, objective });
             }
         }
     }
-    if best.is_some() {
-        return best;
-    }
-    // late: the fastest point, the earliest usable slots
-    let (i, pt) = profile
+    // late: the fastest point, as early as possible
+    let (i, _) = profile
         .points
         .iter()
         .enumerate()
         .max_by(|x, y| x.1.throughput.total_cmp(&y.1.throughput))?;
-    let per_slot = f64::from(job.gpus) * pt.draw.0 / 1000.0 * ctx.slot_hours;
-    let cands: Vec<Cand> = usable
-        .iter()
-        .map(|&(r, pool, u)| Cand {
-            cost: per_slot * u,
-            r,
-            pool,
-        })
-        .collect();
-    choose(
-        &cands,
-        job.work_left.0,
+    let unit = usable_units(ctx, job, pools, ctx.horizon);
+    earliest_runs(
+        &unit,
+        pools,
+        first,
+        ctx.horizon,
+        per_slot(i),
+        work_per_slot(i),
         overhead,
-        pt.throughput,
-        ctx.slot_hours,
         i,
+        work,
     )
 }
 
-/// Takes candidates in the given order until the work, with one overhead per extra run, is
-/// covered; returns the slots grouped into runs.
-fn choose(
-    cands: &[Cand],
-    work: f64,
+/// Input of [`segments`]: costs per pool and slot, the window, and the work a slot does.
+struct Segments<'a> {
+    unit: &'a [Vec<f64>],
+    pools: &'a [usize],
+    from: usize,
+    to: usize,
+    /// kWh-weighted factor: objective of one slot = per_slot × unit.
+    per_slot: f64,
+    work_per_slot: f64,
     overhead: f64,
-    throughput: f64,
-    slot_hours: f64,
     point: usize,
-) -> Option<Placement> {
-    let mut n = slots_needed(work, throughput, slot_hours);
-    for _ in 0..OVERHEAD_ROUNDS {
-        if n > cands.len() {
-            return None;
-        }
-        let mut picked: Vec<Cand> = cands[..n].to_vec();
-        picked.sort_by_key(|c| c.r);
-        let blocks = group(&picked, point);
-        let need = slots_needed(
-            work + (blocks.len() - 1) as f64 * overhead,
-            throughput,
-            slot_hours,
-        );
-        if need <= n {
-            let objective = picked.iter().map(|c| c.cost).sum();
-            return Some(Placement { blocks, objective });
-        }
-        n = need;
-    }
-    None
 }
 
-fn group(picked: &[Cand], point: usize) -> Vec<Block> {
+/// Bisection steps on the value of a slot of work: costs are in cents to tens of currency units,
+/// and 40 halvings of that range resolve far below a cent.
+const VALUE_BISECTION_STEPS: usize = 30;
+
+/// Chooses runs (slots grouped by pool) that do `work` at the least objective, each run after
+/// the first costing `overhead` of work. Lagrangian relaxation of the work constraint: for a
+/// value `tau` of one slot of work, a dynamic programme over slots picks the runs that
+/// maximise value minus cost (an overhead is worth `tau × overhead / work_per_slot`); `tau` is
+/// bisected to the least value that gets the work done.
+fn segments(s: &Segments<'_>, work: f64) -> Option<Placement> {
+    if s.to <= s.from {
+        return None;
+    }
+    let min_slots = slots_needed(work, 1.0, s.work_per_slot);
+    if min_slots > s.to - s.from {
+        return None;
+    }
+    let finite = |x: f64| x.is_finite();
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for u in s
+        .unit
+        .iter()
+        .flat_map(|u| u[s.from..s.to].iter().copied().filter(|x| finite(*x)))
+    {
+        lo = lo.min(u * s.per_slot);
+        hi = hi.max(u * s.per_slot);
+    }
+    if !lo.is_finite() {
+        return None;
+    }
+    // at tau above every slot's cost plus the overhead of a run per slot, every usable slot pays
+    let span = (hi - lo).abs().max(1e-6);
+    let mut hi_tau = hi + span + (hi.abs() + span) * (s.overhead / s.work_per_slot + 1.0);
+    let mut lo_tau = lo - span;
+    let top = run_dp(s, hi_tau);
+    if top.work < work - 5e-5 {
+        return None;
+    }
+    let mut best = top;
+    for _ in 0..VALUE_BISECTION_STEPS {
+        let mid = 0.5 * (lo_tau + hi_tau);
+        let r = run_dp(s, mid);
+        if r.work >= work - 5e-5 {
+            hi_tau = mid;
+            best = r;
+        } else {
+            lo_tau = mid;
+        }
+    }
+    let blocks = trim(s, best.blocks, work);
+    let objective = blocks
+        .iter()
+        .map(|b| {
+            (b.a..b.b)
+                .map(|r| s.unit[b.pool][r] * s.per_slot)
+                .sum::<f64>()
+        })
+        .sum();
+    let blocks = blocks
+        .into_iter()
+        .map(|b| Block {
+            pool: s.pools[b.pool],
+            ..b
+        })
+        .collect();
+    Some(Placement { blocks, objective })
+}
+
+struct DpResult {
+    /// Blocks with `pool` as an index into `Segments::pools`.
+    blocks: Vec<Block>,
+    work: f64,
+}
+
+fn run_dp(s: &Segments<'_>, tau: f64) -> DpResult {
+    let z = s.pools.len();
+    let n = s.to - s.from;
+    let penalty = tau.max(0.0) * s.overhead / s.work_per_slot;
+    // state 0 = off, 1 + k = running in pool k; back[r][state] = state at r - 1
+    let states = z + 1;
+    let mut back = vec![0u16; n * states];
+    let mut val = vec![f64::INFINITY; states];
+    val[0] = 0.0;
+    let mut next = vec![f64::INFINITY; states];
+    for i in 0..n {
+        let r = s.from + i;
+        let (mut best_any, mut best_any_state) = (val[0], 0usize);
+        for (k, v) in val.iter().enumerate().skip(1) {
+            if *v < best_any {
+                best_any = *v;
+                best_any_state = k;
+            }
+        }
+        next[0] = best_any;
+        back[i * states] = best_any_state as u16;
+        for k in 0..z {
+            let c = s.unit[k][r];
+            if !c.is_finite() {
+                next[1 + k] = f64::INFINITY;
+                continue;
+            }
+            let stay = val[1 + k];
+            let (enter, from) = (best_any + penalty, best_any_state);
+            let (v, prev) = if stay <= enter {
+                (stay, 1 + k)
+            } else {
+                (enter, from)
+            };
+            next[1 + k] = v + c * s.per_slot - tau;
+            back[i * states + 1 + k] = prev as u16;
+        }
+        std::mem::swap(&mut val, &mut next);
+    }
+    // backtrack from the best final state
+    let mut state = (0..states)
+        .min_by(|&a, &b| val[a].total_cmp(&val[b]))
+        .unwrap_or(0);
+    let mut picked: Vec<(usize, usize)> = Vec::new();
+    for i in (0..n).rev() {
+        if state > 0 {
+            picked.push((s.from + i, state - 1));
+        }
+        state = back[i * states + state] as usize;
+    }
+    picked.reverse();
     let mut blocks: Vec<Block> = Vec::new();
-    for c in picked {
+    for (r, k) in picked {
         match blocks.last_mut() {
-            Some(b) if b.b == c.r && b.pool == c.pool => b.b += 1,
+            Some(b) if b.b == r && b.pool == k => b.b += 1,
             _ => blocks.push(Block {
-                pool: c.pool,
-                point,
-                a: c.r,
-                b: c.r + 1,
+                pool: k,
+                point: s.point,
+                a: r,
+                b: r + 1,
             }),
         }
     }
-    blocks
+    let work = work_of(s, &blocks);
+    DpResult { blocks, work }
+}
+
+fn work_of(s: &Segments<'_>, blocks: &[Block]) -> f64 {
+    let slots: usize = blocks.iter().map(|b| b.b - b.a).sum();
+    slots as f64 * s.work_per_slot - blocks.len().saturating_sub(1) as f64 * s.overhead
+}
+
+/// Drops the dearest slots at run edges while the work is still covered (bisection can stop
+/// one breakpoint above the need).
+fn trim(s: &Segments<'_>, mut blocks: Vec<Block>, work: f64) -> Vec<Block> {
+    loop {
+        let mut best: Option<(f64, usize, bool)> = None;
+        for (i, b) in blocks.iter().enumerate() {
+            for at_end in [false, true] {
+                let r = if at_end { b.b - 1 } else { b.a };
+                let c = s.unit[b.pool][r] * s.per_slot;
+                if best.is_none_or(|(bc, _, _)| c > bc) {
+                    best = Some((c, i, at_end));
+                }
+            }
+        }
+        let Some((_, i, at_end)) = best else {
+            return blocks;
+        };
+        let mut trial = blocks.clone();
+        if at_end {
+            trial[i].b -= 1
+        } else {
+            trial[i].a += 1
+        }
+        if trial[i].a == trial[i].b {
+            trial.remove(i);
+        }
+        if trial.is_empty() || work_of(s, &trial) < work - 5e-5 {
+            return blocks;
+        }
+        blocks = trial;
+    }
+}
+
+/// The earliest usable slots, in runs, until the work is done (for a job that will be late).
+#[allow(clippy::too_many_arguments)]
+fn earliest_runs(
+    unit: &[Vec<f64>],
+    pools: &[usize],
+    from: usize,
+    to: usize,
+    per_slot: f64,
+    work_per_slot: f64,
+    overhead: f64,
+    point: usize,
+    work: f64,
+) -> Option<Placement> {
+    let mut blocks: Vec<Block> = Vec::new();
+    let mut objective = 0.0;
+    for r in from..to {
+        // stay in the current pool while it is usable, else the cheapest usable one
+        let cont = blocks
+            .last()
+            .filter(|b| b.b == r && unit[b.pool][r].is_finite())
+            .map(|b| b.pool);
+        let k = cont.or_else(|| {
+            (0..pools.len())
+                .filter(|&k| unit[k][r].is_finite())
+                .min_by(|&a, &b| unit[a][r].total_cmp(&unit[b][r]))
+        });
+        let Some(k) = k else { continue };
+        objective += unit[k][r] * per_slot;
+        match blocks.last_mut() {
+            Some(b) if b.b == r && b.pool == k => b.b += 1,
+            _ => blocks.push(Block {
+                pool: k,
+                point,
+                a: r,
+                b: r + 1,
+            }),
+        }
+        let slots: usize = blocks.iter().map(|b| b.b - b.a).sum();
+        if slots as f64 * work_per_slot - (blocks.len() - 1) as f64 * overhead >= work - 5e-5 {
+            let blocks = blocks
+                .into_iter()
+                .map(|b| Block {
+                    pool: pools[b.pool],
+                    ..b
+                })
+                .collect();
+            return Some(Placement { blocks, objective });
+        }
+    }
+    None
 }
