@@ -33,9 +33,14 @@ pub struct Context {
     /// Prefix sums of `unit` per zone (length horizon + 1).
     pub unit_prefix: Vec<Vec<f64>>,
     pub pools: Vec<Pool>,
-    /// Free GPUs per pool per relative slot, after the runs in progress.
-    pub free: Vec<Vec<i64>>,
-    /// GPUs in use per node now.
+    /// Free GPUs per node per relative slot, after the runs in progress and the reservations
+    /// made so far in this plan.
+    pub node_free: Vec<Vec<u32>>,
+    /// Per pool and relative slot: the most GPUs free on any one node.
+    pub max_free: Vec<Vec<u32>>,
+    /// Per pool and relative slot: nodes with every GPU free.
+    pub full_free: Vec<Vec<u32>>,
+    /// GPUs in use per node now (runs in progress only).
     pub node_used: Vec<u32>,
 }
 
@@ -76,7 +81,6 @@ impl Context {
             unit_prefix.push(pre);
         }
         let mut pools: Vec<Pool> = Vec::new();
-        let mut pool_of_node = vec![0usize; snap.nodes.len()];
         for (i, n) in snap.nodes.iter().enumerate() {
             let pi = match pools
                 .iter()
@@ -96,24 +100,21 @@ impl Context {
             };
             pools[pi].nodes.push(i);
             pools[pi].total += n.gpus;
-            pool_of_node[i] = pi;
         }
-        let mut free: Vec<Vec<i64>> = pools
-            .iter()
-            .map(|p| vec![i64::from(p.total); horizon])
-            .collect();
+        let mut node_free: Vec<Vec<u32>> =
+            snap.nodes.iter().map(|n| vec![n.gpus; horizon]).collect();
         let mut node_used = vec![0u32; snap.nodes.len()];
         for a in snap.active {
             if a.end <= now {
                 continue;
             }
             node_used[a.node] += a.gpus;
-            let until = (a.end - now) as usize;
-            for f in &mut free[pool_of_node[a.node]][..until.min(horizon)] {
-                *f -= i64::from(a.gpus);
+            let until = ((a.end - now) as usize).min(horizon);
+            for f in &mut node_free[a.node][..until] {
+                *f = f.saturating_sub(a.gpus);
             }
         }
-        Context {
+        let mut ctx = Context {
             now,
             horizon,
             known,
@@ -121,10 +122,93 @@ impl Context {
             price,
             unit,
             unit_prefix,
+            max_free: vec![vec![0; horizon]; pools.len()],
+            full_free: vec![vec![0; horizon]; pools.len()],
             pools,
-            free,
+            node_free,
             node_used,
+        };
+        for p in 0..ctx.pools.len() {
+            ctx.refresh(p, 0, horizon);
         }
+        ctx
+    }
+
+    /// Recomputes a pool's per-slot aggregates over relative slots `a..b`.
+    fn refresh(&mut self, pool: usize, a: usize, b: usize) {
+        let p = &self.pools[pool];
+        for r in a..b.min(self.horizon) {
+            let (mut max, mut full) = (0u32, 0u32);
+            for &n in &p.nodes {
+                let f = self.node_free[n][r];
+                max = max.max(f);
+                full += u32::from(f >= p.per_node);
+            }
+            self.max_free[pool][r] = max;
+            self.full_free[pool][r] = full;
+        }
+    }
+
+    /// Whether a gang of `gpus` fits in `pool` at relative slot `r` on the fewest nodes.
+    pub fn fits(&self, pool: usize, gpus: u32, r: usize) -> bool {
+        let per = self.pools[pool].per_node;
+        if gpus <= per {
+            self.max_free[pool][r] >= gpus
+        } else {
+            self.full_free[pool][r] >= gpus.div_ceil(per)
+        }
+    }
+
+    /// Reserves `gpus` of `pool` over relative slots `a..b` on concrete nodes (best fit: the
+    /// nodes with the least room that still hold the gang throughout). Returns the nodes, or
+    /// `None` when no set of nodes holds it for the whole span (then nothing is reserved).
+    pub fn reserve(
+        &mut self,
+        pool: usize,
+        gpus: u32,
+        a: usize,
+        b: usize,
+    ) -> Option<Vec<(usize, u32)>> {
+        let b = b.min(self.horizon);
+        if a >= b {
+            return Some(Vec::new());
+        }
+        let per = self.pools[pool].per_node;
+        let room = |n: usize| self.node_free[n][a..b].iter().copied().min().unwrap_or(0);
+        let mut nodes: Vec<(u32, usize)> = self.pools[pool]
+            .nodes
+            .iter()
+            .map(|&n| (room(n), n))
+            .collect();
+        let assignment: Vec<(usize, u32)> = if gpus <= per {
+            let (_, n) = nodes.iter().copied().filter(|&(f, _)| f >= gpus).min()?;
+            vec![(n, gpus)]
+        } else {
+            let k = gpus.div_ceil(per) as usize;
+            let rest = gpus - (k as u32 - 1) * per;
+            nodes.sort_unstable();
+            let mut whole: Vec<usize> = nodes
+                .iter()
+                .filter(|&&(f, _)| f >= per)
+                .map(|&(_, n)| n)
+                .take(k)
+                .collect();
+            if whole.len() < k {
+                return None;
+            }
+            // the remainder goes to the last node; whole nodes are all alike here
+            let last = whole.pop()?;
+            let mut out: Vec<(usize, u32)> = whole.into_iter().map(|n| (n, per)).collect();
+            out.push((last, rest));
+            out
+        };
+        for &(n, g) in &assignment {
+            for f in &mut self.node_free[n][a..b] {
+                *f -= g;
+            }
+        }
+        self.refresh(pool, a, b);
+        Some(assignment)
     }
 
     /// Pools that can hold a job of this accelerator at all.
@@ -150,13 +234,6 @@ impl Context {
     pub fn objective(&self, zone: usize, gpus: u32, watts: f64, a: usize, b: usize) -> f64 {
         let pre = &self.unit_prefix[zone];
         f64::from(gpus) * watts / 1000.0 * self.slot_hours * (pre[b] - pre[a])
-    }
-
-    /// Takes `gpus` of a pool's fluid capacity over relative slots `a..b`.
-    pub fn reserve(&mut self, pool: usize, gpus: u32, a: usize, b: usize) {
-        for f in &mut self.free[pool][a..b.min(self.horizon)] {
-            *f -= i64::from(gpus);
-        }
     }
 }
 

@@ -15,7 +15,6 @@
 
 use super::Policy;
 use super::context::{Context, slots_needed};
-use super::nodes;
 use super::reasons;
 use super::snapshot::{Intent, Pending, Plan, Rejection, Snapshot, Start};
 use crate::units::Money;
@@ -87,10 +86,21 @@ impl Policy for Offpeak {
                 }
                 continue;
             };
-            for b in &p.blocks {
-                ctx.reserve(b.pool, job.gpus, b.a, b.b);
-            }
             let first = p.blocks[0];
+            let mut first_nodes = None;
+            for (bi, b) in p.blocks.iter().enumerate() {
+                let got = ctx.reserve(b.pool, job.gpus, b.a, b.b);
+                let failed = got.is_none();
+                if bi == 0 {
+                    first_nodes = got;
+                }
+                if failed {
+                    // no single set of nodes holds the whole block: reserve it slot by slot
+                    for r in b.a..b.b {
+                        let _ = ctx.reserve(b.pool, job.gpus, r, r + 1);
+                    }
+                }
+            }
             if first.a == 0 {
                 let end = if job.preemptible {
                     first.b.min(ctx.known.max(1))
@@ -98,9 +108,7 @@ impl Policy for Offpeak {
                     first.b
                 };
                 let pool = &ctx.pools[first.pool];
-                if let Some(assignment) = nodes::assign(pool, snap.nodes, &ctx.node_used, job.gpus)
-                {
-                    nodes::take(&mut ctx.node_used, &assignment);
+                if let Some(assignment) = first_nodes {
                     plan.starts.push(Start {
                         pending: qi,
                         zone: pool.zone,
@@ -149,14 +157,13 @@ fn urgency_order(ctx: &Context, snap: &Snapshot<'_>) -> Vec<usize> {
 /// Returned as prefix counts so any window is checked in O(1).
 fn blocked_prefix(ctx: &Context, job: &Pending, pool: usize) -> Vec<u32> {
     let zone = ctx.pools[pool].zone;
-    let g = i64::from(job.gpus);
     let cap = job.price_cap.map(|c| c.0);
     let mut pre = Vec::with_capacity(ctx.horizon + 1);
     let mut acc = 0u32;
     pre.push(0);
     for r in 0..ctx.horizon {
         let over_cap = cap.is_some_and(|c| ctx.price[zone][r] > c + 1e-9);
-        acc += u32::from(ctx.free[pool][r] < g || over_cap);
+        acc += u32::from(!ctx.fits(pool, job.gpus, r) || over_cap);
         pre.push(acc);
     }
     pre
@@ -240,7 +247,6 @@ const NOW_MARGIN_SLOTS: usize = 2;
 fn usable_units(ctx: &Context, job: &Pending, pools: &[usize], to: usize) -> Vec<Vec<f64>> {
     let first = ctx.first(job);
     let cap = job.price_cap.map(|c| c.0);
-    let g = i64::from(job.gpus);
     pools
         .iter()
         .map(|&p| {
@@ -248,7 +254,7 @@ fn usable_units(ctx: &Context, job: &Pending, pools: &[usize], to: usize) -> Vec
             (0..to)
                 .map(|r| {
                     let usable = r >= first
-                        && ctx.free[p][r] >= g
+                        && ctx.fits(p, job.gpus, r)
                         && cap.is_none_or(|c| ctx.price[zone][r] <= c + 1e-9);
                     if usable {
                         ctx.unit[zone][r]
