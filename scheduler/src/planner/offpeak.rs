@@ -24,6 +24,12 @@ use crate::units::Money;
 /// take the certain present over an estimated future of the same value.
 const DELAY_TIE_BREAK: f64 = 1e-9;
 
+/// Preemptible plans aim to end this long before the deadline when they can: a run cut at the
+/// edge of the published prices, or a later re-plan that splits the job once more, costs a
+/// checkpoint overhead the plan did not count, and the margin absorbs it. (Non-preemptible jobs
+/// get no margin: their slack is what lets them run at an efficient power limit.)
+const DEADLINE_MARGIN_HOURS: f64 = 0.5;
+
 /// The optimising policy.
 #[derive(Debug, Clone, Default)]
 pub struct Offpeak;
@@ -72,11 +78,14 @@ impl Policy for Offpeak {
                 });
                 continue;
             }
-            let placement = if job.preemptible {
-                place_slots(&ctx, snap, job, &pools)
-            } else {
-                place_window(&ctx, snap, job, &pools)
+            let dl = ctx.deadline(job);
+            let margin = if job.preemptible { (DEADLINE_MARGIN_HOURS / ctx.slot_hours).ceil() as usize } else { 0 };
+            let place = |dl: usize| {
+                if job.preemptible { place_slots(&ctx, snap, job, &pools, dl) } else { place_window(&ctx, snap, job, &pools, dl) }
             };
+            let placement = place(dl.saturating_sub(margin))
+                .or_else(|| place(dl))
+                .or_else(|| if job.preemptible { late_slots(&ctx, snap, job, &pools) } else { late_window(&ctx, snap, job, &pools) });
             let Some(p) = placement else {
                 if let Some(reason) = reasons::cap_unmeetable(&ctx, snap, job) {
                     plan.rejections.push(Rejection {
@@ -155,13 +164,13 @@ fn urgency_order(ctx: &Context, snap: &Snapshot<'_>) -> Vec<usize> {
 
 /// Per relative slot: is the pool unusable for this job (too few GPUs, or price above cap)?
 /// Returned as prefix counts so any window is checked in O(1).
-fn blocked_prefix(ctx: &Context, job: &Pending, pool: usize) -> Vec<u32> {
+fn blocked_prefix(ctx: &Context, job: &Pending, pool: usize, to: usize) -> Vec<u32> {
     let zone = ctx.pools[pool].zone;
     let cap = job.price_cap.map(|c| c.0);
-    let mut pre = Vec::with_capacity(ctx.horizon + 1);
+    let mut pre = Vec::with_capacity(to + 1);
     let mut acc = 0u32;
     pre.push(0);
-    for r in 0..ctx.horizon {
+    for r in 0..to {
         let over_cap = cap.is_some_and(|c| ctx.price[zone][r] > c + 1e-9);
         acc += u32::from(!ctx.fits(pool, job.gpus, r) || over_cap);
         pre.push(acc);
@@ -169,56 +178,42 @@ fn blocked_prefix(ctx: &Context, job: &Pending, pool: usize) -> Vec<u32> {
     pre
 }
 
-/// The best single window for a non-preemptible job.
-fn place_window(
-    ctx: &Context,
-    snap: &Snapshot<'_>,
-    job: &Pending,
-    pools: &[usize],
-) -> Option<Placement> {
+/// The cheapest single window of a non-preemptible job that ends by relative slot `dl`.
+fn place_window(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usize], dl: usize) -> Option<Placement> {
+    window_search(ctx, snap, job, pools, dl, false)
+}
+
+/// The window of a non-preemptible job that ends first (for a job that will be late).
+fn late_window(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usize]) -> Option<Placement> {
+    window_search(ctx, snap, job, pools, ctx.horizon, true)
+}
+
+fn window_search(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usize], to: usize, earliest_end: bool) -> Option<Placement> {
     let first = ctx.first(job);
-    let dl = ctx.deadline(job);
     let profile = &snap.profiles[job.profile];
     let lookahead = snap.lookahead as usize;
-    let mut on_time: Option<(f64, Block, f64)> = None;
-    let mut late: Option<((usize, f64), Block, f64)> = None;
+    // key: (end if earliest_end else 0, cost + tie-break)
+    let mut best: Option<((usize, f64), Block, f64)> = None;
     for &pi in pools {
         let zone = ctx.pools[pi].zone;
-        let blocked = blocked_prefix(ctx, job, pi);
+        let blocked = blocked_prefix(ctx, job, pi, to);
         for (i, pt) in profile.points.iter().enumerate() {
             let d = slots_needed(job.work_left.0, pt.throughput, ctx.slot_hours);
             // a capped run that starts now must lie in published prices, when it can
             let verify_now = job.price_cap.is_some() && d <= lookahead && d > ctx.known;
             let mut a = first;
-            while a + d <= ctx.horizon {
+            while a + d <= to {
                 let b = a + d;
                 if blocked[b] - blocked[a] > 0 || (a == 0 && verify_now) {
                     a += 1;
                     continue;
                 }
                 let cost = ctx.objective(zone, job.gpus, pt.draw.0, a, b);
-                let block = Block {
-                    pool: pi,
-                    point: i,
-                    a,
-                    b,
-                };
-                if b <= dl {
-                    let key = cost + DELAY_TIE_BREAK * a as f64;
-                    if on_time.as_ref().is_none_or(|(k, _, _)| key < *k) {
-                        on_time = Some((key, block, cost));
-                    }
-                } else {
-                    if on_time.is_some() {
-                        break;
-                    }
-                    let key = (b, cost);
-                    if late
-                        .as_ref()
-                        .is_none_or(|(k, _, _)| key.0 < k.0 || (key.0 == k.0 && key.1 < k.1))
-                    {
-                        late = Some((key, block, cost));
-                    }
+                let key = (if earliest_end { b } else { 0 }, cost + DELAY_TIE_BREAK * a as f64);
+                if best.as_ref().is_none_or(|(k, _, _)| key.0 < k.0 || (key.0 == k.0 && key.1 < k.1)) {
+                    best = Some((key, Block { pool: pi, point: i, a, b }, cost));
+                }
+                if earliest_end {
                     // later windows of this point only end later
                     break;
                 }
@@ -226,16 +221,7 @@ fn place_window(
             }
         }
     }
-    if let Some((_, block, cost)) = on_time {
-        return Some(Placement {
-            blocks: vec![block],
-            objective: cost,
-        });
-    }
-    late.map(|(_, block, cost)| Placement {
-        blocks: vec![block],
-        objective: cost,
-    })
+    best.map(|(_, block, cost)| Placement { blocks: vec![block], objective: cost })
 }
 
 /// Slots of margin around a proxy selection within which "now" counts as a candidate, so the
@@ -294,9 +280,9 @@ fn place_slots(
     snap: &Snapshot<'_>,
     job: &Pending,
     pools: &[usize],
+    dl: usize,
 ) -> Option<Placement> {
     let first = ctx.first(job);
-    let dl = ctx.deadline(job);
     let profile = &snap.profiles[job.profile];
     let overhead = snap.checkpoint_overhead.0;
     let work = job.work_left.0;
@@ -367,24 +353,16 @@ fn place_slots(
             }
         }
     }
-    // late: the fastest point, as early as possible
-    let (i, _) = profile
-        .points
-        .iter()
-        .enumerate()
-        .max_by(|x, y| x.1.throughput.total_cmp(&y.1.throughput))?;
+    None
+}
+
+/// The earliest runs of a preemptible job at its fastest point (for a job that will be late).
+fn late_slots(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usize]) -> Option<Placement> {
+    let profile = &snap.profiles[job.profile];
+    let (i, pt) = profile.points.iter().enumerate().max_by(|x, y| x.1.throughput.total_cmp(&y.1.throughput))?;
+    let per_slot = f64::from(job.gpus) * pt.draw.0 / 1000.0 * ctx.slot_hours;
     let unit = usable_units(ctx, job, pools, ctx.horizon);
-    earliest_runs(
-        &unit,
-        pools,
-        first,
-        ctx.horizon,
-        per_slot(i),
-        work_per_slot(i),
-        overhead,
-        i,
-        work,
-    )
+    earliest_runs(&unit, pools, ctx.first(job), ctx.horizon, per_slot, pt.throughput * ctx.slot_hours, snap.checkpoint_overhead.0, i, job.work_left.0)
 }
 
 /// Input of [`segments`]: costs per pool and slot, the window, and the work a slot does.
