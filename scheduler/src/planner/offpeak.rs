@@ -30,6 +30,18 @@ const DELAY_TIE_BREAK: f64 = 1e-9;
 /// get no margin: their slack is what lets them run at an efficient power limit.)
 const DEADLINE_MARGIN_HOURS: f64 = 0.5;
 
+/// Share of the time left before the deadline that a preemptible plan keeps free as well:
+/// the further away the deadline, the more arrivals and fixed runs can crowd the slots it
+/// counts on.
+const DEADLINE_MARGIN_SHARE: f64 = MARGIN_SHARE;
+const MARGIN_SHARE: f64 = 0.1;
+
+/// Margin in slots before relative deadline `dl` for a preemptible plan.
+fn margin_slots(slot_hours: f64, dl: usize) -> usize {
+    let fixed = (DEADLINE_MARGIN_HOURS / slot_hours).ceil() as usize;
+    fixed.max((dl as f64 * DEADLINE_MARGIN_SHARE).round() as usize)
+}
+
 /// The optimising policy.
 #[derive(Debug, Clone, Default)]
 pub struct Offpeak;
@@ -79,20 +91,40 @@ impl Policy for Offpeak {
                 continue;
             }
             let dl = ctx.deadline(job);
-            let margin = if job.preemptible { (DEADLINE_MARGIN_HOURS / ctx.slot_hours).ceil() as usize } else { 0 };
-            let place = |dl: usize| {
-                if job.preemptible { place_slots(&ctx, snap, job, &pools, dl) } else { place_window(&ctx, snap, job, &pools, dl) }
+            let margin = if job.preemptible {
+                margin_slots(ctx.slot_hours, dl)
+            } else {
+                0
             };
-            let placement = place(dl.saturating_sub(margin))
-                .or_else(|| place(dl))
-                .or_else(|| if job.preemptible { late_slots(&ctx, snap, job, &pools) } else { late_window(&ctx, snap, job, &pools) });
-            let Some(p) = placement else {
-                if let Some(reason) = reasons::cap_unmeetable(&ctx, snap, job) {
-                    plan.rejections.push(Rejection {
-                        pending: qi,
-                        reason,
-                    });
+            let place = |dl: usize| {
+                if job.preemptible {
+                    place_slots(&ctx, snap, job, &pools, dl)
+                } else {
+                    place_window(&ctx, snap, job, &pools, dl)
                 }
+            };
+            let on_time = place(dl.saturating_sub(margin)).or_else(|| place(dl));
+            // a job whose cap the known prices cannot meet is rejected rather than run late,
+            // unless it has run already (its energy is spent; it finishes, late)
+            if on_time.is_none() && job.runs_done == 0 {
+                if let Some(reason) = reasons::cap_unmeetable_expected(&ctx, snap, job) {
+                    if dl <= ctx.known {
+                        plan.rejections.push(Rejection {
+                            pending: qi,
+                            reason,
+                        });
+                    }
+                    continue;
+                }
+            }
+            let placement = on_time.or_else(|| {
+                if job.preemptible {
+                    late_slots(&ctx, snap, job, &pools)
+                } else {
+                    late_window(&ctx, snap, job, &pools)
+                }
+            });
+            let Some(p) = placement else {
                 continue;
             };
             let first = p.blocks[0];
@@ -179,16 +211,34 @@ fn blocked_prefix(ctx: &Context, job: &Pending, pool: usize, to: usize) -> Vec<u
 }
 
 /// The cheapest single window of a non-preemptible job that ends by relative slot `dl`.
-fn place_window(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usize], dl: usize) -> Option<Placement> {
+fn place_window(
+    ctx: &Context,
+    snap: &Snapshot<'_>,
+    job: &Pending,
+    pools: &[usize],
+    dl: usize,
+) -> Option<Placement> {
     window_search(ctx, snap, job, pools, dl, false)
 }
 
 /// The window of a non-preemptible job that ends first (for a job that will be late).
-fn late_window(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usize]) -> Option<Placement> {
+fn late_window(
+    ctx: &Context,
+    snap: &Snapshot<'_>,
+    job: &Pending,
+    pools: &[usize],
+) -> Option<Placement> {
     window_search(ctx, snap, job, pools, ctx.horizon, true)
 }
 
-fn window_search(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usize], to: usize, earliest_end: bool) -> Option<Placement> {
+fn window_search(
+    ctx: &Context,
+    snap: &Snapshot<'_>,
+    job: &Pending,
+    pools: &[usize],
+    to: usize,
+    earliest_end: bool,
+) -> Option<Placement> {
     let first = ctx.first(job);
     let profile = &snap.profiles[job.profile];
     let lookahead = snap.lookahead as usize;
@@ -209,9 +259,24 @@ fn window_search(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usi
                     continue;
                 }
                 let cost = ctx.objective(zone, job.gpus, pt.draw.0, a, b);
-                let key = (if earliest_end { b } else { 0 }, cost + DELAY_TIE_BREAK * a as f64);
-                if best.as_ref().is_none_or(|(k, _, _)| key.0 < k.0 || (key.0 == k.0 && key.1 < k.1)) {
-                    best = Some((key, Block { pool: pi, point: i, a, b }, cost));
+                let key = (
+                    if earliest_end { b } else { 0 },
+                    cost + DELAY_TIE_BREAK * a as f64,
+                );
+                if best
+                    .as_ref()
+                    .is_none_or(|(k, _, _)| key.0 < k.0 || (key.0 == k.0 && key.1 < k.1))
+                {
+                    best = Some((
+                        key,
+                        Block {
+                            pool: pi,
+                            point: i,
+                            a,
+                            b,
+                        },
+                        cost,
+                    ));
                 }
                 if earliest_end {
                     // later windows of this point only end later
@@ -221,7 +286,10 @@ fn window_search(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usi
             }
         }
     }
-    best.map(|(_, block, cost)| Placement { blocks: vec![block], objective: cost })
+    best.map(|(_, block, cost)| Placement {
+        blocks: vec![block],
+        objective: cost,
+    })
 }
 
 /// Slots of margin around a proxy selection within which "now" counts as a candidate, so the
@@ -357,12 +425,31 @@ fn place_slots(
 }
 
 /// The earliest runs of a preemptible job at its fastest point (for a job that will be late).
-fn late_slots(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, pools: &[usize]) -> Option<Placement> {
+fn late_slots(
+    ctx: &Context,
+    snap: &Snapshot<'_>,
+    job: &Pending,
+    pools: &[usize],
+) -> Option<Placement> {
     let profile = &snap.profiles[job.profile];
-    let (i, pt) = profile.points.iter().enumerate().max_by(|x, y| x.1.throughput.total_cmp(&y.1.throughput))?;
+    let (i, pt) = profile
+        .points
+        .iter()
+        .enumerate()
+        .max_by(|x, y| x.1.throughput.total_cmp(&y.1.throughput))?;
     let per_slot = f64::from(job.gpus) * pt.draw.0 / 1000.0 * ctx.slot_hours;
     let unit = usable_units(ctx, job, pools, ctx.horizon);
-    earliest_runs(&unit, pools, ctx.first(job), ctx.horizon, per_slot, pt.throughput * ctx.slot_hours, snap.checkpoint_overhead.0, i, job.work_left.0)
+    earliest_runs(
+        &unit,
+        pools,
+        ctx.first(job),
+        ctx.horizon,
+        per_slot,
+        pt.throughput * ctx.slot_hours,
+        snap.checkpoint_overhead.0,
+        i,
+        job.work_left.0,
+    )
 }
 
 /// Input of [`segments`]: costs per pool and slot, the window, and the work a slot does.

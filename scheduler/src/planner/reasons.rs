@@ -7,11 +7,21 @@ use super::snapshot::{Pending, Snapshot};
 /// with the lowest cap that would do. Judged only once every slot up to the deadline is known,
 /// because before that a later forecast may still open a window.
 pub fn cap_unmeetable(ctx: &Context, snap: &Snapshot<'_>, job: &Pending) -> Option<String> {
-    let cap = job.price_cap?.0;
-    let dl = ctx.deadline(job);
-    if dl > ctx.known {
+    if ctx.deadline(job) > ctx.known {
         return None;
     }
+    cap_unmeetable_expected(ctx, snap, job)
+}
+
+/// As [`cap_unmeetable`], but on estimated prices too where the deadline lies beyond the
+/// published ones: the job should wait for better news rather than start and run late.
+pub fn cap_unmeetable_expected(
+    ctx: &Context,
+    snap: &Snapshot<'_>,
+    job: &Pending,
+) -> Option<String> {
+    let cap = job.price_cap?.0;
+    let dl = ctx.deadline(job);
     let lowest = lowest_feasible_cap(ctx, snap, job, dl)?;
     if lowest <= cap {
         return None;
