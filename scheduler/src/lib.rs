@@ -7,6 +7,7 @@
 //! - [`sim`]: the event-driven replay that feeds a policy only what it could know;
 //! - [`schedule`]: the schedule file and its pricing (the checker's formulas);
 //! - [`summary`]: the figures `offpeak simulate` prints;
+//! - [`validate`]: checks a schedule against every rule of the spec;
 //! - [`cli`]: the `offpeak` command line (the binary only parses and calls into it).
 
 pub mod cli;
@@ -16,3 +17,4 @@ pub mod schedule;
 pub mod sim;
 pub mod summary;
 pub mod units;
+pub mod validate;

@@ -36,6 +36,8 @@ pub enum Outcome {
 pub struct Replay {
     pub policy: String,
     pub outcomes: Vec<Outcome>,
+    /// Every run each job was started with, whatever its outcome (scenario order).
+    pub started: Vec<Vec<RunRecord>>,
     /// Number of times the policy was asked to plan.
     pub decisions: usize,
 }
@@ -318,6 +320,7 @@ pub fn simulate(
     }
     progress(end, end);
 
+    let started: Vec<Vec<RunRecord>> = state.iter().map(|s| s.runs.clone()).collect();
     let outcomes = state
         .into_iter()
         .enumerate()
@@ -339,6 +342,7 @@ pub fn simulate(
     Ok(Replay {
         policy: policy.name().to_owned(),
         outcomes,
+        started,
         decisions,
     })
 }

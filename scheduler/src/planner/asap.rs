@@ -60,16 +60,19 @@ pub(crate) fn start_now(
     }
     for &pi in pools {
         let pool = &ctx.pools[pi];
-        if !accept(pi) || !cap_holds(ctx, snap, job, pool.zone, d) {
+        if !accept(pi) {
             continue;
         }
+        let Some(end) = run_length(ctx, snap, job, pool.zone, d) else {
+            continue;
+        };
         if let Some(assignment) = nodes::assign(pool, snap.nodes, &ctx.node_used, job.gpus) {
             nodes::take(&mut ctx.node_used, &assignment);
             return Some(Start {
                 pending: qi,
                 zone: pool.zone,
                 point,
-                end: snap.now + d as u32,
+                end: snap.now + end as u32,
                 nodes: assignment,
             });
         }
@@ -77,14 +80,29 @@ pub(crate) fn start_now(
     None
 }
 
-/// Whether a run of `d` slots from now keeps the job's cap: on published prices wherever the
-/// run fits inside the lookahead, on estimates only for runs longer than the lookahead.
-fn cap_holds(ctx: &Context, snap: &Snapshot<'_>, job: &Pending, zone: usize, d: usize) -> bool {
+/// How long a run of a job needing `d` slots may go from now in `zone` within its cap: all of
+/// it when uncapped; for a capped preemptible job, until the first slot above the cap or the
+/// end of the published prices (it queues again for the rest); for a capped non-preemptible
+/// job, all of it if its prices (published, or estimated for a run longer than the lookahead)
+/// are within the cap.
+fn run_length(
+    ctx: &Context,
+    snap: &Snapshot<'_>,
+    job: &Pending,
+    zone: usize,
+    d: usize,
+) -> Option<usize> {
     let Some(cap) = job.price_cap else {
-        return true;
+        return Some(d);
     };
-    if d > ctx.known && d <= snap.lookahead as usize {
-        return false;
+    let within = |r: usize| ctx.price[zone][r] <= cap.0 + 1e-9;
+    if job.preemptible {
+        let limit = d.min(ctx.known);
+        let end = (0..limit).find(|&r| !within(r)).unwrap_or(limit);
+        return (end > 0).then_some(end);
     }
-    ctx.price[zone][..d].iter().all(|&p| p <= cap.0 + 1e-9)
+    if d > ctx.known && d <= snap.lookahead as usize {
+        return None;
+    }
+    (0..d).all(within).then_some(d)
 }
