@@ -124,15 +124,15 @@ pub fn simulate(
             }
         });
         for &j in &order[..next_arrival] {
-            if let Status::Running(until) = state[j].status {
-                if until <= t {
-                    let s = &mut state[j];
-                    if s.done + DONE_TOLERANCE_H >= need(j, s.runs.len()) {
-                        s.status = Status::Finished;
-                    } else {
-                        s.status = Status::Queued;
-                        queue.push(j);
-                    }
+            if let Status::Running(until) = state[j].status
+                && until <= t
+            {
+                let s = &mut state[j];
+                if s.done + DONE_TOLERANCE_H >= need(j, s.runs.len()) {
+                    s.status = Status::Finished;
+                } else {
+                    s.status = Status::Queued;
+                    queue.push(j);
                 }
             }
         }

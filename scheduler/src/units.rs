@@ -162,7 +162,7 @@ mod tests {
 
     fn grid() -> SlotGrid {
         SlotGrid {
-            start: "2023-03-01T00:00:00Z".parse().unwrap(),
+            start: "2023-03-01T00:00:00Z".parse().expect("time"),
             minutes: 15,
         }
     }
@@ -179,7 +179,7 @@ mod tests {
     #[test]
     fn slot_rounding_matches_the_spec() {
         let g = grid();
-        let t = |s: &str| s.parse::<DateTime<Utc>>().unwrap();
+        let t = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
         assert_eq!(g.first_slot_at_or_after(t("2023-03-01T00:00:00Z")), 0);
         assert_eq!(g.first_slot_at_or_after(t("2023-03-01T00:00:01Z")), 1);
         assert_eq!(g.first_slot_at_or_after(t("2023-03-01T00:40:42Z")), 3);

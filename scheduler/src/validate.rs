@@ -147,16 +147,15 @@ pub fn validate(sc: &Scenario, schedule: &Schedule) -> Vec<String> {
                     )),
                 }
             }
-            if let Some(cap) = job.price_cap {
-                if sc.zones[zone].price[a..b]
+            if let Some(cap) = job.price_cap
+                && sc.zones[zone].price[a..b]
                     .iter()
                     .any(|p| p.0 > cap.0 + 1e-6)
-                {
-                    errors.push(format!(
-                        "{}: runs while the price is above its cap {}",
-                        job.id, cap.0
-                    ));
-                }
+            {
+                errors.push(format!(
+                    "{}: runs while the price is above its cap {}",
+                    job.id, cap.0
+                ));
             }
             work += (b - a) as f64 * slot_h * pt.throughput;
         }

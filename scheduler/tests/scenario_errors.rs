@@ -227,8 +227,10 @@ fn bad_yaml_is_named() {
 
 #[test]
 fn a_truncated_jobs_row_is_named() {
-    let mut f = ScenarioFixture::default();
-    f.jobs = format!("{HEADER}\nj1,2024-01-01T00:10:00Z,8\n");
+    let f = ScenarioFixture {
+        jobs: format!("{HEADER}\nj1,2024-01-01T00:10:00Z,8\n"),
+        ..Default::default()
+    };
     assert_has(
         &load_err(&f),
         &["jobs.csv", "line 2", "field `accelerator`", "missing value"],

@@ -47,7 +47,7 @@ impl PolicyKind {
     /// Builds the policy with its default parameters.
     pub fn build(self) -> Box<dyn Policy> {
         match self {
-            PolicyKind::Offpeak => Box::new(offpeak::Offpeak::default()),
+            PolicyKind::Offpeak => Box::new(offpeak::Offpeak),
             PolicyKind::Asap => Box::new(asap::Asap),
             PolicyKind::Threshold => Box::new(threshold::Threshold::default()),
         }

@@ -70,105 +70,115 @@ impl Policy for Offpeak {
         let mut ctx = Context::new(snap);
         let mut plan = Plan::default();
         for qi in urgency_order(&ctx, snap) {
-            let job = &snap.queue[qi];
-            let pools: Vec<usize> = ctx
-                .pools_for(job.accelerator)
-                .filter(|&p| ctx.pools[p].total >= job.gpus)
-                .collect();
-            if pools.is_empty() {
-                let largest = ctx
-                    .pools_for(job.accelerator)
-                    .map(|p| ctx.pools[p].total)
-                    .max()
-                    .unwrap_or(0);
-                plan.rejections.push(Rejection {
-                    pending: qi,
-                    reason: format!(
-                        "needs {} GPUs together in one zone; the largest zone has {largest}",
-                        job.gpus
-                    ),
-                });
-                continue;
-            }
-            let dl = ctx.deadline(job);
-            let margin = if job.preemptible {
-                margin_slots(ctx.slot_hours, dl)
-            } else {
-                0
-            };
-            let place = |dl: usize| {
-                if job.preemptible {
-                    place_slots(&ctx, snap, job, &pools, dl)
-                } else {
-                    place_window(&ctx, snap, job, &pools, dl)
-                }
-            };
-            let on_time = place(dl.saturating_sub(margin)).or_else(|| place(dl));
-            // a job whose cap the known prices cannot meet is rejected rather than run late,
-            // unless it has run already (its energy is spent; it finishes, late)
-            if on_time.is_none() && job.runs_done == 0 {
-                if let Some(reason) = reasons::cap_unmeetable_expected(&ctx, snap, job) {
-                    if dl <= ctx.known {
-                        plan.rejections.push(Rejection {
-                            pending: qi,
-                            reason,
-                        });
-                    }
-                    continue;
-                }
-            }
-            let placement = on_time.or_else(|| {
-                if job.preemptible {
-                    late_slots(&ctx, snap, job, &pools)
-                } else {
-                    late_window(&ctx, snap, job, &pools)
-                }
-            });
-            let Some(p) = placement else {
-                continue;
-            };
-            let first = p.blocks[0];
-            let mut first_nodes = None;
-            for (bi, b) in p.blocks.iter().enumerate() {
-                let got = ctx.reserve(b.pool, job.gpus, b.a, b.b);
-                let failed = got.is_none();
-                if bi == 0 {
-                    first_nodes = got;
-                }
-                if failed {
-                    // no single set of nodes holds the whole block: reserve it slot by slot
-                    for r in b.a..b.b {
-                        let _ = ctx.reserve(b.pool, job.gpus, r, r + 1);
-                    }
-                }
-            }
-            if first.a == 0 {
-                let end = if job.preemptible {
-                    first.b.min(ctx.known.max(1))
-                } else {
-                    first.b
-                };
-                let pool = &ctx.pools[first.pool];
-                if let Some(assignment) = first_nodes {
-                    plan.starts.push(Start {
-                        pending: qi,
-                        zone: pool.zone,
-                        point: first.point,
-                        end: snap.now + end as u32,
-                        nodes: assignment,
-                    });
-                    continue;
-                }
-            }
-            plan.intents.push(Intent {
-                pending: qi,
-                start: snap.now + first.a as u32,
-                zone: ctx.pools[first.pool].zone,
-                point: first.point,
-                objective: Money(p.objective),
-            });
+            self.place(&mut ctx, snap, qi, &mut plan);
         }
         plan
+    }
+}
+
+impl Offpeak {
+    /// Places queued job `qi` into a plan under way: against the capacity `ctx` has left after
+    /// the jobs placed before it. Adds its start, intent or rejection to `plan`. Used job by
+    /// job by [`Policy::plan`], and on its own to add one new job to an existing plan.
+    pub fn place(&self, ctx: &mut Context, snap: &Snapshot<'_>, qi: usize, plan: &mut Plan) {
+        let job = &snap.queue[qi];
+        let pools: Vec<usize> = ctx
+            .pools_for(job.accelerator)
+            .filter(|&p| ctx.pools[p].total >= job.gpus)
+            .collect();
+        if pools.is_empty() {
+            let largest = ctx
+                .pools_for(job.accelerator)
+                .map(|p| ctx.pools[p].total)
+                .max()
+                .unwrap_or(0);
+            plan.rejections.push(Rejection {
+                pending: qi,
+                reason: format!(
+                    "needs {} GPUs together in one zone; the largest zone has {largest}",
+                    job.gpus
+                ),
+            });
+            return;
+        }
+        let dl = ctx.deadline(job);
+        let margin = if job.preemptible {
+            margin_slots(ctx.slot_hours, dl)
+        } else {
+            0
+        };
+        let place = |dl: usize| {
+            if job.preemptible {
+                place_slots(ctx, snap, job, &pools, dl)
+            } else {
+                place_window(ctx, snap, job, &pools, dl)
+            }
+        };
+        let on_time = place(dl.saturating_sub(margin)).or_else(|| place(dl));
+        // a job whose cap the known prices cannot meet is rejected rather than run late,
+        // unless it has run already (its energy is spent; it finishes, late)
+        if on_time.is_none()
+            && job.runs_done == 0
+            && let Some(reason) = reasons::cap_unmeetable_expected(ctx, snap, job)
+        {
+            if dl <= ctx.known {
+                plan.rejections.push(Rejection {
+                    pending: qi,
+                    reason,
+                });
+            }
+            return;
+        }
+        let placement = on_time.or_else(|| {
+            if job.preemptible {
+                late_slots(ctx, snap, job, &pools)
+            } else {
+                late_window(ctx, snap, job, &pools)
+            }
+        });
+        let Some(p) = placement else {
+            return;
+        };
+        let first = p.blocks[0];
+        let mut first_nodes = None;
+        for (bi, b) in p.blocks.iter().enumerate() {
+            let got = ctx.reserve(b.pool, job.gpus, b.a, b.b);
+            let failed = got.is_none();
+            if bi == 0 {
+                first_nodes = got;
+            }
+            if failed {
+                // no single set of nodes holds the whole block: reserve it slot by slot
+                for r in b.a..b.b {
+                    let _ = ctx.reserve(b.pool, job.gpus, r, r + 1);
+                }
+            }
+        }
+        if first.a == 0 {
+            let end = if job.preemptible {
+                first.b.min(ctx.known.max(1))
+            } else {
+                first.b
+            };
+            let pool = &ctx.pools[first.pool];
+            if let Some(assignment) = first_nodes {
+                plan.starts.push(Start {
+                    pending: qi,
+                    zone: pool.zone,
+                    point: first.point,
+                    end: snap.now + end as u32,
+                    nodes: assignment,
+                });
+                return;
+            }
+        }
+        plan.intents.push(Intent {
+            pending: qi,
+            start: snap.now + first.a as u32,
+            zone: ctx.pools[first.pool].zone,
+            point: first.point,
+            objective: Money(p.objective),
+        });
     }
 }
 
@@ -437,19 +447,18 @@ fn late_slots(
         .iter()
         .enumerate()
         .max_by(|x, y| x.1.throughput.total_cmp(&y.1.throughput))?;
-    let per_slot = f64::from(job.gpus) * pt.draw.0 / 1000.0 * ctx.slot_hours;
     let unit = usable_units(ctx, job, pools, ctx.horizon);
-    earliest_runs(
-        &unit,
+    let input = Segments {
+        unit: &unit,
         pools,
-        ctx.first(job),
-        ctx.horizon,
-        per_slot,
-        pt.throughput * ctx.slot_hours,
-        snap.checkpoint_overhead.0,
-        i,
-        job.work_left.0,
-    )
+        from: ctx.first(job),
+        to: ctx.horizon,
+        per_slot: f64::from(job.gpus) * pt.draw.0 / 1000.0 * ctx.slot_hours,
+        work_per_slot: pt.throughput * ctx.slot_hours,
+        overhead: snap.checkpoint_overhead.0,
+        point: i,
+    };
+    earliest_runs(&input, job.work_left.0)
 }
 
 /// Input of [`segments`]: costs per pool and slot, the window, and the work a slot does.
@@ -644,49 +653,39 @@ fn trim(s: &Segments<'_>, mut blocks: Vec<Block>, work: f64) -> Vec<Block> {
     }
 }
 
-/// The earliest usable slots, in runs, until the work is done (for a job that will be late).
-#[allow(clippy::too_many_arguments)]
-fn earliest_runs(
-    unit: &[Vec<f64>],
-    pools: &[usize],
-    from: usize,
-    to: usize,
-    per_slot: f64,
-    work_per_slot: f64,
-    overhead: f64,
-    point: usize,
-    work: f64,
-) -> Option<Placement> {
+/// The earliest usable slots of `s.from..s.to`, in runs, until the work is done (for a job
+/// that will be late).
+fn earliest_runs(s: &Segments<'_>, work: f64) -> Option<Placement> {
     let mut blocks: Vec<Block> = Vec::new();
     let mut objective = 0.0;
-    for r in from..to {
+    for r in s.from..s.to {
+        let cost = |k: usize| s.unit[k][r];
         // stay in the current pool while it is usable, else the cheapest usable one
         let cont = blocks
             .last()
-            .filter(|b| b.b == r && unit[b.pool][r].is_finite())
+            .filter(|b| b.b == r && cost(b.pool).is_finite())
             .map(|b| b.pool);
         let k = cont.or_else(|| {
-            (0..pools.len())
-                .filter(|&k| unit[k][r].is_finite())
-                .min_by(|&a, &b| unit[a][r].total_cmp(&unit[b][r]))
+            (0..s.pools.len())
+                .filter(|&k| cost(k).is_finite())
+                .min_by(|&a, &b| cost(a).total_cmp(&cost(b)))
         });
         let Some(k) = k else { continue };
-        objective += unit[k][r] * per_slot;
+        objective += cost(k) * s.per_slot;
         match blocks.last_mut() {
             Some(b) if b.b == r && b.pool == k => b.b += 1,
             _ => blocks.push(Block {
                 pool: k,
-                point,
+                point: s.point,
                 a: r,
                 b: r + 1,
             }),
         }
-        let slots: usize = blocks.iter().map(|b| b.b - b.a).sum();
-        if slots as f64 * work_per_slot - (blocks.len() - 1) as f64 * overhead >= work - 5e-5 {
+        if work_of(s, &blocks) >= work - 5e-5 {
             let blocks = blocks
                 .into_iter()
                 .map(|b| Block {
-                    pool: pools[b.pool],
+                    pool: s.pools[b.pool],
                     ..b
                 })
                 .collect();

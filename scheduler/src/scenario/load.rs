@@ -4,7 +4,7 @@
 //! the line and the field, because a scenario is hand-edited as often as generated.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -462,10 +462,10 @@ fn load_signals(
     let mut carbon = Vec::new();
     for row in rows(path, &mut rdr)? {
         let t = row.time(idx[0], "time")?;
-        if let Some(prev) = times.last() {
-            if t <= *prev {
-                return Err(row.err("time", format!("{t} does not come after the previous row's {prev}: rows must be in time order without duplicates")));
-            }
+        if let Some(prev) = times.last()
+            && t <= *prev
+        {
+            return Err(row.err("time", format!("{t} does not come after the previous row's {prev}: rows must be in time order without duplicates")));
         }
         let p = row.number(idx[1], "price_per_mwh")?;
         let c = row.number(idx[2], "carbon_g_per_kwh")?;
@@ -524,7 +524,7 @@ const JOB_COLUMNS: [&str; 10] = [
 ];
 
 fn load_jobs(
-    path: &PathBuf,
+    path: &Path,
     profiles: &[Profile],
     accelerators: &[String],
 ) -> Result<Vec<Job>, ScenarioError> {
