@@ -34,12 +34,12 @@ const DEADLINE_MARGIN_HOURS: f64 = 0.5;
 /// the further away the deadline, the more arrivals and fixed runs can crowd the slots it
 /// counts on.
 const DEADLINE_MARGIN_SHARE: f64 = MARGIN_SHARE;
-const MARGIN_SHARE: f64 = 0.1;
+const MARGIN_SHARE: f64 = 0.3;
 
 /// Margin in slots before relative deadline `dl` for a preemptible plan.
-fn margin_slots(slot_hours: f64, dl: usize) -> usize {
+fn margin_slots(slot_hours: f64, dl: usize, known: usize) -> usize {
     let fixed = (DEADLINE_MARGIN_HOURS / slot_hours).ceil() as usize;
-    fixed.max((dl as f64 * DEADLINE_MARGIN_SHARE).round() as usize)
+    fixed + (dl.saturating_sub(known) as f64 * DEADLINE_MARGIN_SHARE).round() as usize
 }
 
 /// The optimising policy.
@@ -103,7 +103,7 @@ impl Offpeak {
         }
         let dl = ctx.deadline(job);
         let margin = if job.preemptible {
-            margin_slots(ctx.slot_hours, dl)
+            margin_slots(ctx.slot_hours, dl, ctx.known)
         } else {
             0
         };
@@ -182,10 +182,15 @@ impl Offpeak {
     }
 }
 
-/// Least slack first: the jobs with the least room to move choose first, which is also what
-/// keeps deadlines.
+/// Slack (hours a job can still wait) below which it is deadline-critical and plans first.
+const CRITICAL_SLACK_HOURS: f64 = 2.0;
+
+/// Deadline-critical jobs first (least slack first), then the rest by slack relative to their
+/// length: a long job with a day of slack has fewer cheap windows to choose from than a short
+/// job with the same slack, so it chooses first.
 fn urgency_order(ctx: &Context, snap: &Snapshot<'_>) -> Vec<usize> {
-    let mut keyed: Vec<(i64, u32, usize)> = snap
+    let critical = (CRITICAL_SLACK_HOURS / ctx.slot_hours).round() as i64;
+    let mut keyed: Vec<((u8, i64), u32, usize)> = snap
         .queue
         .iter()
         .enumerate()
@@ -197,7 +202,12 @@ fn urgency_order(ctx: &Context, snap: &Snapshot<'_>) -> Vec<usize> {
                 .fold(0.0, f64::max);
             let d = slots_needed(j.work_left.0, thr, ctx.slot_hours) as i64;
             let slack = ctx.deadline(j) as i64 - ctx.first(j) as i64 - d;
-            (slack, j.earliest, i)
+            let key = if slack <= critical {
+                (0, slack)
+            } else {
+                (1, slack * 1000 / d.max(1))
+            };
+            (key, j.earliest, i)
         })
         .collect();
     keyed.sort_unstable();
