@@ -11,8 +11,9 @@ use std::path::PathBuf;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use offpeak_scheduler::planner::context::Context;
 use offpeak_scheduler::planner::offpeak::Offpeak;
-use offpeak_scheduler::planner::{Pending, Plan, Policy, Snapshot, ZoneView};
+use offpeak_scheduler::planner::{Pending, Plan, Policy, Snapshot};
 use offpeak_scheduler::scenario::{self, Node, Scenario};
+use offpeak_scheduler::sim;
 use offpeak_scheduler::units::{Hours, PricePerMwh, Slot};
 
 const JOBS: usize = 10_000;
@@ -96,17 +97,7 @@ fn snapshot<'a>(f: &'a Fixture, queue: &'a [Pending]) -> Snapshot<'a> {
         carbon_price: f.sc.carbon_price,
         currency: &f.sc.currency,
         lookahead: f.sc.lookahead_slots,
-        zones: f
-            .sc
-            .zones
-            .iter()
-            .map(|z| ZoneView {
-                name: &z.name,
-                pue: z.pue,
-                price: &z.price[..known],
-                carbon: &z.carbon[..known],
-            })
-            .collect(),
+        zones: sim::zone_views(&f.sc, known),
         profiles: &f.sc.profiles,
         nodes: &f.nodes,
         active: &[],

@@ -73,6 +73,19 @@ struct JobState {
     runs: Vec<RunRecord>,
 }
 
+/// The zones' signals as a policy may see them: slots before `known` only.
+pub fn zone_views(sc: &Scenario, known: usize) -> Vec<ZoneView<'_>> {
+    sc.zones
+        .iter()
+        .map(|z| ZoneView {
+            name: &z.name,
+            pue: z.pue,
+            price: &z.price[..known],
+            carbon: &z.carbon[..known],
+        })
+        .collect()
+}
+
 /// Replays `scenario` through `policy`; `progress(slot, end)` is called as time advances.
 pub fn simulate(
     scenario: &Scenario,
@@ -192,16 +205,7 @@ pub fn simulate(
             carbon_price: sc.carbon_price,
             currency: &sc.currency,
             lookahead: sc.lookahead_slots,
-            zones: sc
-                .zones
-                .iter()
-                .map(|z| ZoneView {
-                    name: &z.name,
-                    pue: z.pue,
-                    price: &z.price[..known],
-                    carbon: &z.carbon[..known],
-                })
-                .collect(),
+            zones: zone_views(sc, known),
             profiles: &sc.profiles,
             nodes: &sc.nodes,
             active: &actives,

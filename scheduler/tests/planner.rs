@@ -127,8 +127,10 @@ fn a_gang_larger_than_any_zone_is_rejected_with_a_reason() {
 
 #[test]
 fn a_preemptible_job_pauses_through_a_price_peak() {
+    // 8 h of work at 100 W (the cheapest per unit of work) take 11.1 h: more than either side
+    // of the 06:00-12:00 peak holds, so it must run on both sides
     let mut f = ScenarioFixture::default().with_jobs(&[
-        "j1,2024-01-01T00:10:00Z,8,v100,v100/resnet50,5.0,2024-01-01T20:00:00Z,true,,batch",
+        "j1,2024-01-01T00:10:00Z,8,v100,v100/resnet50,8.0,2024-01-01T20:00:00Z,true,,batch",
     ]);
     let peak: Vec<(f64, f64)> = (0..48)
         .map(|h| (if (6..12).contains(&h) { 400.0 } else { 30.0 }, 300.0))

@@ -22,16 +22,29 @@ impl Policy for Asap {
         let mut plan = Plan::default();
         for (qi, job) in snap.queue.iter().enumerate() {
             let pools: Vec<usize> = ctx.pools_for(job.accelerator).collect();
-            if let Some(start) = start_now(&mut ctx, snap, qi, &pools, |_| true) {
-                plan.starts.push(start);
-            } else if let Some(reason) = reasons::cap_unmeetable(&ctx, snap, job) {
-                plan.rejections.push(Rejection {
-                    pending: qi,
-                    reason,
-                });
-            }
+            start_or_reject(&mut ctx, snap, qi, &pools, |_| true, &mut plan);
         }
         plan
+    }
+}
+
+/// Starts queued job `qi` now if [`start_now`] can; otherwise rejects it if its cap can no
+/// longer be met, or leaves it waiting.
+pub(crate) fn start_or_reject(
+    ctx: &mut Context,
+    snap: &Snapshot<'_>,
+    qi: usize,
+    pools: &[usize],
+    accept: impl Fn(usize) -> bool,
+    plan: &mut Plan,
+) {
+    if let Some(start) = start_now(ctx, snap, qi, pools, accept) {
+        plan.starts.push(start);
+    } else if let Some(reason) = reasons::cap_unmeetable(ctx, snap, &snap.queue[qi]) {
+        plan.rejections.push(Rejection {
+            pending: qi,
+            reason,
+        });
     }
 }
 

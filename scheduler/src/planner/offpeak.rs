@@ -427,15 +427,7 @@ fn place_slots(
                 picked.sort_unstable();
                 let mut blocks: Vec<Block> = Vec::new();
                 for (r, k) in picked {
-                    match blocks.last_mut() {
-                        Some(b) if b.b == r && b.pool == pools[k] => b.b += 1,
-                        _ => blocks.push(Block {
-                            pool: pools[k],
-                            point: i,
-                            a: r,
-                            b: r + 1,
-                        }),
-                    }
+                    push_slot(&mut blocks, pools[k], i, r);
                 }
                 return Some(Placement { blocks, objective });
             }
@@ -542,14 +534,34 @@ fn segments(s: &Segments<'_>, work: f64) -> Option<Placement> {
                 .sum::<f64>()
         })
         .sum();
-    let blocks = blocks
-        .into_iter()
-        .map(|b| Block {
-            pool: s.pools[b.pool],
-            ..b
-        })
-        .collect();
-    Some(Placement { blocks, objective })
+    Some(s.placement(blocks, objective))
+}
+
+impl Segments<'_> {
+    /// A placement from blocks whose `pool` indexes `self.pools`.
+    fn placement(&self, blocks: Vec<Block>, objective: f64) -> Placement {
+        let blocks = blocks
+            .into_iter()
+            .map(|b| Block {
+                pool: self.pools[b.pool],
+                ..b
+            })
+            .collect();
+        Placement { blocks, objective }
+    }
+}
+
+/// Adds slot `r` on `pool` to a placement's blocks, extending the last block when it continues it.
+fn push_slot(blocks: &mut Vec<Block>, pool: usize, point: usize, r: usize) {
+    match blocks.last_mut() {
+        Some(b) if b.b == r && b.pool == pool => b.b += 1,
+        _ => blocks.push(Block {
+            pool,
+            point,
+            a: r,
+            b: r + 1,
+        }),
+    }
 }
 
 struct DpResult {
@@ -611,15 +623,7 @@ fn run_dp(s: &Segments<'_>, tau: f64) -> DpResult {
     picked.reverse();
     let mut blocks: Vec<Block> = Vec::new();
     for (r, k) in picked {
-        match blocks.last_mut() {
-            Some(b) if b.b == r && b.pool == k => b.b += 1,
-            _ => blocks.push(Block {
-                pool: k,
-                point: s.point,
-                a: r,
-                b: r + 1,
-            }),
-        }
+        push_slot(&mut blocks, k, s.point, r);
     }
     let work = work_of(s, &blocks);
     DpResult { blocks, work }
@@ -682,24 +686,9 @@ fn earliest_runs(s: &Segments<'_>, work: f64) -> Option<Placement> {
         });
         let Some(k) = k else { continue };
         objective += cost(k) * s.per_slot;
-        match blocks.last_mut() {
-            Some(b) if b.b == r && b.pool == k => b.b += 1,
-            _ => blocks.push(Block {
-                pool: k,
-                point: s.point,
-                a: r,
-                b: r + 1,
-            }),
-        }
+        push_slot(&mut blocks, k, s.point, r);
         if work_of(s, &blocks) >= work - 5e-5 {
-            let blocks = blocks
-                .into_iter()
-                .map(|b| Block {
-                    pool: s.pools[b.pool],
-                    ..b
-                })
-                .collect();
-            return Some(Placement { blocks, objective });
+            return Some(s.placement(blocks, objective));
         }
     }
     None

@@ -4,10 +4,9 @@
 //! must start to make its deadline), then runs whole at full power in the cheapest such zone.
 
 use super::Policy;
-use super::asap::start_now;
+use super::asap::start_or_reject;
 use super::context::{Context, slots_needed};
-use super::reasons;
-use super::snapshot::{Plan, Rejection, Snapshot};
+use super::snapshot::{Plan, Snapshot};
 
 /// Default percentile of the published forecast a signal must be at or below.
 pub const DEFAULT_PERCENTILE: f64 = 0.3;
@@ -86,16 +85,14 @@ impl Policy for Threshold {
                 ua.total_cmp(&ub).then(a.cmp(&b))
             });
             let zone_of: Vec<usize> = ctx.pools.iter().map(|p| p.zone).collect();
-            if let Some(start) =
-                start_now(&mut ctx, snap, qi, &pools, |pi| must || good[zone_of[pi]])
-            {
-                plan.starts.push(start);
-            } else if let Some(reason) = reasons::cap_unmeetable(&ctx, snap, job) {
-                plan.rejections.push(Rejection {
-                    pending: qi,
-                    reason,
-                });
-            }
+            start_or_reject(
+                &mut ctx,
+                snap,
+                qi,
+                &pools,
+                |pi| must || good[zone_of[pi]],
+                &mut plan,
+            );
         }
         plan
     }
