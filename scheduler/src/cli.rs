@@ -30,8 +30,9 @@ pub enum Command {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
-    /// Scenario folder (scenario.yaml, signals/*.csv, jobs.csv).
-    pub scenario: PathBuf,
+    /// Scenario folder (scenario.yaml, signals/*.csv, jobs.csv). Without one, the example
+    /// scenario built into the binary (de-gb-2023-03: real DE-LU and GB signals, 260 jobs).
+    pub scenario: Option<PathBuf>,
     /// Where to write the schedule (JSON, the spec's format).
     #[arg(long, env = "OFFPEAK_SCHEDULE_OUT", default_value = "schedule.json")]
     pub out: PathBuf,
@@ -68,8 +69,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 /// `offpeak simulate`: replays, writes the schedule, returns the summary.
 pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Summary> {
     let started = Instant::now();
-    let sc = scenario::load(&args.scenario)
-        .with_context(|| format!("loading scenario {}", args.scenario.display()))?;
+    let sc = match &args.scenario {
+        Some(dir) => {
+            scenario::load(dir).with_context(|| format!("loading scenario {}", dir.display()))?
+        }
+        None => scenario::embedded::example().context("loading the built-in example scenario")?,
+    };
     let policy = args.policy.build();
     let replay = replay_with_progress(&sc, policy.as_ref(), !args.no_progress && !args.json)?;
     write_schedule(&args.out, &Schedule::from_replay(&sc, &replay))?;

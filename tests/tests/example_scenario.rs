@@ -50,7 +50,7 @@ fn every_policy_gives_a_valid_priced_schedule_and_offpeak_wins() -> anyhow::Resu
     for policy in [PolicyKind::Offpeak, PolicyKind::Asap, PolicyKind::Threshold] {
         let out = tmp.path().join(format!("{policy}.json"));
         let args = SimulateArgs {
-            scenario: example_dir(),
+            scenario: Some(example_dir()),
             out: out.clone(),
             policy,
             json: true,

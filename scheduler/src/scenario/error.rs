@@ -8,7 +8,7 @@ use thiserror::Error;
 /// Why a scenario could not be loaded.
 #[derive(Debug, Error)]
 pub enum ScenarioError {
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     ReadFile {
         path: PathBuf,
         #[source]

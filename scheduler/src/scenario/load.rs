@@ -69,10 +69,18 @@ struct RawNodeGroup {
     count: Spanned<i64>,
 }
 
+/// Reads one file of a scenario (a folder on disk, or files built into the binary).
+pub type Files<'a> = &'a dyn Fn(&Path) -> std::io::Result<String>;
+
 /// Loads and validates the scenario in folder `dir`.
 pub fn load(dir: &Path) -> Result<Scenario, ScenarioError> {
+    load_with(dir, &|p: &Path| std::fs::read_to_string(p))
+}
+
+/// Loads and validates a scenario whose files `files` reads, named as if under `dir`.
+pub fn load_with(dir: &Path, files: Files<'_>) -> Result<Scenario, ScenarioError> {
     let yaml_path = dir.join("scenario.yaml");
-    let text = read(&yaml_path)?;
+    let text = read(files, &yaml_path)?;
     let raw: RawScenario = serde_saphyr::from_str(&text).map_err(|e| ScenarioError::ParseYaml {
         path: yaml_path.clone(),
         message: e.to_string(),
@@ -132,7 +140,7 @@ pub fn load(dir: &Path) -> Result<Scenario, ScenarioError> {
     let mut n_slots: Option<Slot> = None;
     for (name, pue, signals_rel) in zone_defs {
         let path = dir.join(&signals_rel);
-        let (price, carbon) = load_signals(&path, &grid)?;
+        let (price, carbon) = load_signals(files, &path, &grid)?;
         let len = price.len() as Slot;
         n_slots = Some(n_slots.map_or(len, |n| n.min(len)));
         zones.push(Zone {
@@ -149,7 +157,7 @@ pub fn load(dir: &Path) -> Result<Scenario, ScenarioError> {
     }
 
     let jobs_path = dir.join(&raw.jobs.value);
-    let jobs = load_jobs(&jobs_path, &profiles, &accelerators)?;
+    let jobs = load_jobs(files, &jobs_path, &profiles, &accelerators)?;
 
     Ok(Scenario {
         name: raw.name,
@@ -167,8 +175,8 @@ pub fn load(dir: &Path) -> Result<Scenario, ScenarioError> {
     })
 }
 
-fn read(path: &Path) -> Result<String, ScenarioError> {
-    std::fs::read_to_string(path).map_err(|source| ScenarioError::ReadFile {
+fn read(files: Files<'_>, path: &Path) -> Result<String, ScenarioError> {
+    files(path).map_err(|source| ScenarioError::ReadFile {
         path: path.to_owned(),
         source,
     })
@@ -361,16 +369,19 @@ fn load_zones(
     Ok((defs, accelerators, nodes))
 }
 
+/// A CSV reader over a file's text.
+type CsvReader = csv::Reader<std::io::Cursor<Vec<u8>>>;
+
 /// Opens a CSV file and maps the wanted columns to their positions.
 fn open_csv(
+    files: Files<'_>,
     path: &Path,
     columns: &[&str],
-) -> Result<(csv::Reader<std::fs::File>, Vec<usize>), ScenarioError> {
-    let file = std::fs::File::open(path).map_err(|source| ScenarioError::ReadFile {
-        path: path.to_owned(),
-        source,
-    })?;
-    let mut rdr = csv::ReaderBuilder::new().flexible(true).from_reader(file);
+) -> Result<(CsvReader, Vec<usize>), ScenarioError> {
+    let text = read(files, path)?;
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(true)
+        .from_reader(std::io::Cursor::new(text.into_bytes()));
     let headers = rdr
         .headers()
         .map_err(|e| ScenarioError::InvalidFile {
@@ -430,10 +441,7 @@ impl Row<'_> {
     }
 }
 
-fn rows<'a>(
-    path: &'a Path,
-    rdr: &mut csv::Reader<std::fs::File>,
-) -> Result<Vec<Row<'a>>, ScenarioError> {
+fn rows<'a>(path: &'a Path, rdr: &mut CsvReader) -> Result<Vec<Row<'a>>, ScenarioError> {
     let mut out = Vec::new();
     for rec in rdr.records() {
         let record = rec.map_err(|e| ScenarioError::InvalidRow {
@@ -453,10 +461,11 @@ fn rows<'a>(
 /// Reads a zone's signal CSV onto the slot grid: each row holds from its time until the next
 /// row's, the last row for one more interval of the same length.
 fn load_signals(
+    files: Files<'_>,
     path: &Path,
     grid: &SlotGrid,
 ) -> Result<(Vec<PricePerMwh>, Vec<GramsPerKwh>), ScenarioError> {
-    let (mut rdr, idx) = open_csv(path, &["time", "price_per_mwh", "carbon_g_per_kwh"])?;
+    let (mut rdr, idx) = open_csv(files, path, &["time", "price_per_mwh", "carbon_g_per_kwh"])?;
     let mut times: Vec<DateTime<Utc>> = Vec::new();
     let mut price = Vec::new();
     let mut carbon = Vec::new();
@@ -524,11 +533,12 @@ const JOB_COLUMNS: [&str; 10] = [
 ];
 
 fn load_jobs(
+    files: Files<'_>,
     path: &Path,
     profiles: &[Profile],
     accelerators: &[String],
 ) -> Result<Vec<Job>, ScenarioError> {
-    let (mut rdr, idx) = open_csv(path, &JOB_COLUMNS)?;
+    let (mut rdr, idx) = open_csv(files, path, &JOB_COLUMNS)?;
     let mut jobs = Vec::new();
     let mut seen: HashMap<String, u64> = HashMap::new();
     for row in rows(path, &mut rdr)? {

@@ -3,8 +3,10 @@
 //! - [`model`]: the validated domain form the simulator and planner use;
 //! - [`load`]: reading `scenario.yaml`, `signals/*.csv` and `jobs.csv`, with errors that name
 //!   the file, line and field;
-//! - [`error`]: the error type.
+//! - [`error`]: the error type;
+//! - [`embedded`]: the example scenario built into the binary.
 
+pub mod embedded;
 pub mod error;
 pub mod load;
 pub mod model;
