@@ -3,7 +3,7 @@
 //! cap), so that its schedules are valid; otherwise it is blind to prices and carbon.
 
 use super::Policy;
-use super::context::{Context, slots_needed};
+use super::context::{Context, slots_needed, within_cap};
 use super::nodes;
 use super::reasons;
 use super::snapshot::{Pending, Plan, Rejection, Snapshot, Start};
@@ -108,7 +108,7 @@ fn run_length(
     let Some(cap) = job.price_cap else {
         return Some(d);
     };
-    let within = |r: usize| ctx.price[zone][r] <= cap.0 + 1e-9;
+    let within = |r: usize| within_cap(ctx.price[zone][r], cap.0);
     if job.preemptible {
         let limit = d.min(ctx.known);
         let end = (0..limit).find(|&r| !within(r)).unwrap_or(limit);

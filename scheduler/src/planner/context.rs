@@ -237,12 +237,22 @@ impl Context {
     }
 }
 
+/// Work (hours) a plan may fall short of the need by. The spec's checker accepts 1e-4 h; half
+/// of that is kept as margin so that rounding in its own sums can never tip a run into "not
+/// enough work".
+pub const WORK_TOLERANCE_H: f64 = 5e-5;
+
+/// Slack when comparing a price with a cap: far below the prices' 0.001 resolution and
+/// stricter than the checker's 1e-6, so a price the planner accepts the checker accepts too.
+const CAP_EPS: f64 = 1e-9;
+
+/// Whether `price` is within `cap`.
+pub fn within_cap(price: f64, cap: f64) -> bool {
+    price <= cap + CAP_EPS
+}
+
 /// Slots of `slot_hours` needed to do `work` hours of work at `throughput`.
-///
-/// The checker accepts work within 1e-4 h of the need; half of that is kept as margin so
-/// that rounding in its own sums can never tip a run into "not enough work".
 pub fn slots_needed(work: f64, throughput: f64, slot_hours: f64) -> usize {
-    const WORK_TOLERANCE_H: f64 = 5e-5;
     let per_slot = throughput * slot_hours;
     let need = (work - WORK_TOLERANCE_H).max(0.0);
     let n = (need / per_slot).ceil() as usize;

@@ -14,7 +14,7 @@
 //! when a run starts.
 
 use super::Policy;
-use super::context::{Context, slots_needed};
+use super::context::{Context, WORK_TOLERANCE_H, slots_needed, within_cap};
 use super::reasons;
 use super::snapshot::{Intent, Pending, Plan, Rejection, Snapshot, Start};
 use crate::units::Money;
@@ -223,7 +223,7 @@ fn blocked_prefix(ctx: &Context, job: &Pending, pool: usize, to: usize) -> Vec<u
     let mut acc = 0u32;
     pre.push(0);
     for r in 0..to {
-        let over_cap = cap.is_some_and(|c| ctx.price[zone][r] > c + 1e-9);
+        let over_cap = cap.is_some_and(|c| !within_cap(ctx.price[zone][r], c));
         acc += u32::from(!ctx.fits(pool, job.gpus, r) || over_cap);
         pre.push(acc);
     }
@@ -329,7 +329,7 @@ fn usable_units(ctx: &Context, job: &Pending, pools: &[usize], to: usize) -> Vec
                 .map(|r| {
                     let usable = r >= first
                         && ctx.fits(p, job.gpus, r)
-                        && cap.is_none_or(|c| ctx.price[zone][r] <= c + 1e-9);
+                        && cap.is_none_or(|c| within_cap(ctx.price[zone][r], c));
                     if usable {
                         ctx.unit[zone][r]
                     } else {
@@ -507,18 +507,19 @@ fn segments(s: &Segments<'_>, work: f64) -> Option<Placement> {
         return None;
     }
     // at tau above every slot's cost plus the overhead of a run per slot, every usable slot pays
+    // a flat cost range still needs a bracket to bisect in
     let span = (hi - lo).abs().max(1e-6);
     let mut hi_tau = hi + span + (hi.abs() + span) * (s.overhead / s.work_per_slot + 1.0);
     let mut lo_tau = lo - span;
     let top = run_dp(s, hi_tau);
-    if top.work < work - 5e-5 {
+    if top.work < work - WORK_TOLERANCE_H {
         return None;
     }
     let mut best = top;
     for _ in 0..VALUE_BISECTION_STEPS {
         let mid = 0.5 * (lo_tau + hi_tau);
         let r = run_dp(s, mid);
-        if r.work >= work - 5e-5 {
+        if r.work >= work - WORK_TOLERANCE_H {
             hi_tau = mid;
             best = r;
         } else {
@@ -660,7 +661,7 @@ fn trim(s: &Segments<'_>, mut blocks: Vec<Block>, work: f64) -> Vec<Block> {
         if trial[i].a == trial[i].b {
             trial.remove(i);
         }
-        if trial.is_empty() || work_of(s, &trial) < work - 5e-5 {
+        if trial.is_empty() || work_of(s, &trial) < work - WORK_TOLERANCE_H {
             return blocks;
         }
         blocks = trial;
@@ -687,7 +688,7 @@ fn earliest_runs(s: &Segments<'_>, work: f64) -> Option<Placement> {
         let Some(k) = k else { continue };
         objective += cost(k) * s.per_slot;
         push_slot(&mut blocks, k, s.point, r);
-        if work_of(s, &blocks) >= work - 5e-5 {
+        if work_of(s, &blocks) >= work - WORK_TOLERANCE_H {
             return Some(s.placement(blocks, objective));
         }
     }

@@ -1,7 +1,7 @@
 //! A simulation scenario (cluster, signals, jobs), exactly as `spec/scenario.md` defines it.
 //!
 //! - [`model`]: the validated domain form the simulator and planner use;
-//! - [`load`]: reading `scenario.yaml`, `signals/*.csv` and `jobs.csv`, with errors that name
+//! - [`load`](mod@load): reading `scenario.yaml`, `signals/*.csv` and `jobs.csv`, with errors that name
 //!   the file, line and field;
 //! - [`error`]: the error type;
 //! - [`embedded`]: the example scenario built into the binary.
