@@ -4,6 +4,7 @@
 //! - [`units`]: quantities with the unit in the type, and the slot grid;
 //! - [`scenario`]: simulation scenarios (YAML + CSV) loaded into validated domain types;
 //! - [`planner`]: the pure planning core and its policies (`offpeak`, `asap`, `threshold`);
+//! - [`signals`]: price and carbon providers, normalised to UTC series on the slot grid;
 //! - [`sim`]: the event-driven replay that feeds a policy only what it could know;
 //! - [`schedule`]: the schedule file and its pricing (the checker's formulas);
 //! - [`summary`]: the figures `offpeak simulate` prints;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod planner;
 pub mod scenario;
 pub mod schedule;
+pub mod signals;
 pub mod sim;
 pub mod summary;
 pub mod units;
