@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::planner::{Policy, PolicyKind};
 use crate::scenario::{self, Scenario};
 use crate::schedule::{self, Schedule};
+use crate::signals::show::{self, SignalsArgs, SignalsCommand};
 use crate::sim::{self, Replay};
 use crate::summary::{PolicyFigures, Summary};
 
@@ -26,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Replay a scenario (real prices, carbon and jobs) through a policy and write its schedule.
     Simulate(SimulateArgs),
+    /// Price and carbon signals from the configured providers.
+    Signals(SignalsArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -60,6 +63,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             } else {
                 print!("{}", summary.table());
                 println!("schedule written to {}", args.out.display());
+            }
+            Ok(())
+        }
+        Command::Signals(SignalsArgs {
+            command: SignalsCommand::Show(args),
+        }) => {
+            let shown = show::show(&args)?;
+            print!("{}", shown.text);
+            // The table carries the degraded state in its header; CSV has no room for it.
+            if let (true, Some(reason)) = (args.csv, shown.degraded) {
+                eprintln!("degraded: {reason}");
             }
             Ok(())
         }

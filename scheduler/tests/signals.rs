@@ -3,8 +3,7 @@
 //! failure (HTTP 429 and 500, a cut-off body, malformed JSON, a silent server) must come back
 //! as a clear error, never a panic.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -23,147 +22,12 @@ use offpeak_scheduler::signals::{
 };
 use offpeak_scheduler::units::{GramsPerKwh, PricePerMwh, SlotGrid};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+mod common;
 
-// ---------------------------------------------------------------------------------------------
-// A tiny HTTP/1.1 server: one answer per connection, chosen by path prefix.
-
-/// What the server answers on a route.
-#[derive(Clone)]
-enum Reply {
-    /// 200 with this body.
-    Body(Vec<u8>),
-    /// This status and body, with a `Retry-After` header when given.
-    Status(u16, &'static str, Option<&'static str>),
-    /// 200 announcing the whole body's length but sending only half of it, then closing.
-    Truncated(Vec<u8>),
-    /// Reads the request and never answers.
-    Silent,
-}
-
-struct Server {
-    base: String,
-    /// The head (request line and headers) of every request received.
-    requests: Arc<Mutex<Vec<String>>>,
-}
-
-/// Longest request head the server reads; the clients here send a few hundred bytes.
-const MAX_HEAD: usize = 64 * 1024;
-/// Long enough that any client timeout in these tests fires first.
-const SILENT_FOR: Duration = Duration::from_secs(30);
-
-async fn serve(routes: Vec<(&'static str, Reply)>) -> Server {
-    serve_with(|_| routes).await
-}
-
-/// Like [`serve`], for answers that must name the server's own address (pagination links).
-async fn serve_with(routes: impl FnOnce(&str) -> Vec<(&'static str, Reply)>) -> Server {
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind loopback");
-    let addr = listener.local_addr().expect("local addr");
-    let base = format!("http://{addr}");
-    let routes = routes(&base);
-    let requests = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&requests);
-    let routes = Arc::new(routes);
-    tokio::spawn(async move {
-        loop {
-            let Ok((mut sock, _)) = listener.accept().await else {
-                return;
-            };
-            let routes = Arc::clone(&routes);
-            let seen = Arc::clone(&seen);
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < MAX_HEAD {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let head = String::from_utf8_lossy(&head).to_string();
-                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
-                seen.lock().expect("requests lock").push(head);
-                let reply = routes
-                    .iter()
-                    .find(|(prefix, _)| path.starts_with(prefix))
-                    .map(|(_, r)| r.clone())
-                    .unwrap_or(Reply::Status(404, "no such route", None));
-                let out = match reply {
-                    Reply::Body(b) => response(200, "OK", &[], &b, b.len()),
-                    Reply::Status(code, body, retry) => {
-                        let extra: Vec<_> = retry.map(|r| ("Retry-After", r)).into_iter().collect();
-                        response(code, "Error", &extra, body.as_bytes(), body.len())
-                    }
-                    Reply::Truncated(b) => response(200, "OK", &[], &b[..b.len() / 2], b.len()),
-                    Reply::Silent => {
-                        tokio::time::sleep(SILENT_FOR).await;
-                        return;
-                    }
-                };
-                let _ = sock.write_all(&out).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    Server { base, requests }
-}
-
-fn response(
-    code: u16,
-    reason: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-    content_length: usize,
-) -> Vec<u8> {
-    let mut out = format!(
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {content_length}\r\nConnection: close\r\n"
-    );
-    for (k, v) in headers {
-        out.push_str(&format!("{k}: {v}\r\n"));
-    }
-    out.push_str("\r\n");
-    let mut out = out.into_bytes();
-    out.extend_from_slice(body);
-    out
-}
-
-impl Server {
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().expect("requests lock").clone()
-    }
-}
+use common::http::{Reply, fetcher, fixture, raw_json, read, serve, serve_with, utc};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/signals")
-        .join(rel)
-}
-
-fn read(rel: &str) -> Vec<u8> {
-    std::fs::read(fixture(rel)).expect("fixture readable")
-}
-
-fn raw_json(rel: &str) -> Value {
-    serde_json::from_slice(&read(rel)).expect("fixture is JSON")
-}
-
-/// A client that ignores any proxy in the environment, since the server is on loopback.
-fn fetcher() -> HttpFetcher {
-    HttpFetcher::direct(Duration::from_secs(10)).expect("client")
-}
-
-fn utc(s: &str) -> DateTime<Utc> {
-    DateTime::parse_from_rfc3339(s)
-        .expect("test instant")
-        .with_timezone(&Utc)
-}
 
 /// The raw file's instants, as the test reads them (`2023-12-03T10:30Z`: no seconds).
 fn raw_instant(s: &str) -> DateTime<Utc> {
@@ -573,7 +437,9 @@ async fn a_silent_server_times_out() {
 async fn a_closed_port_is_a_transport_error() {
     // Bind then drop, so that nothing listens on the port.
     let port = {
-        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         l.local_addr().expect("addr").port()
     };
     let client = UkCarbonIntensity::new(

@@ -23,11 +23,14 @@ pub fn extend(known: &[f64], from: usize, to: usize, slots_per_day: usize) -> Ve
     out
 }
 
-/// The seasonal estimate for slot `s >= known.len()`.
+/// The seasonal estimate for slot `s` (its known value if `s` is known).
 pub fn estimate(known: &[f64], s: usize, slots_per_day: usize) -> f64 {
     let n = known.len();
     if n == 0 {
         return 0.0;
+    }
+    if s < n {
+        return known[s];
     }
     let day = slots_per_day.max(1);
     // the most recent known slot at the same time of day
@@ -62,5 +65,6 @@ mod tests {
         for s in 3..50 {
             assert_eq!(estimate(&known, s, 4), 7.0);
         }
+        assert_eq!(estimate(&[1.0, 2.0], 1, 4), 2.0);
     }
 }

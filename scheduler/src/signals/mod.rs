@@ -19,13 +19,23 @@
 //!
 //! Each adapter has a pure `parse` (bytes in, series out, testable offline) and implements
 //! [`SignalProvider`], whose `fetch` does the HTTP request through [`HttpFetcher`].
+//!
+//! On top of the adapters:
+//! - [`config`]: the `signals` section of the YAML configuration (a price chain and a carbon
+//!   chain of sources per zone, and the maximum age of trusted data), checked at load;
+//! - [`chain`]: a zone's signals through its chains, with fallback, staleness, the last good
+//!   series, the seasonal estimate past the end, provenance and the degraded state;
+//! - [`show`]: `offpeak signals show`, the merged series as a table or CSV.
 
 pub mod awattar;
+pub mod chain;
+pub mod config;
 pub mod csv_import;
 pub mod electricity_maps;
 pub mod entsoe;
 mod http;
 pub mod octopus;
+pub mod show;
 mod time;
 pub mod uk_carbon;
 
