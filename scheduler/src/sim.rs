@@ -87,6 +87,7 @@ pub fn zone_views(sc: &Scenario, known: usize) -> Vec<ZoneView<'_>> {
 }
 
 /// Replays `scenario` through `policy`; `progress(slot, end)` is called as time advances.
+#[tracing::instrument(skip_all, fields(scenario = %scenario.name, policy = policy.name()))]
 pub fn simulate(
     scenario: &Scenario,
     policy: &dyn Policy,
@@ -323,6 +324,7 @@ pub fn simulate(
         t += 1;
     }
     progress(end, end);
+    tracing::debug!(decisions, "replay finished");
 
     let started: Vec<Vec<RunRecord>> = state.iter().map(|s| s.runs.clone()).collect();
     let outcomes = state
