@@ -10,11 +10,15 @@
 //! - [`sim`]: a simulated source playing a measured Zeus power-limit sweep (`data/`);
 //! - [`rapl`]: CPU package and DRAM energy from the Linux powercap sysfs tree;
 //! - [`nvml`]: NVIDIA GPUs through NVML, loaded at run time;
-//! - [`curve`]: power curves per (device model, workload), and draw against utilisation.
+//! - [`curve`]: power curves per (device model, workload), and draw against utilisation;
+//! - [`client`]: sampling a source and streaming to the scheduler over gRPC, with a bounded
+//!   buffer, reconnects with backoff and in-order replay; [`client::run`] is what the
+//!   `offpeak-agent` binary (`src/main.rs`) calls.
 //!
-//! Not here yet (issue 4): the gRPC client and its buffering, GPU→pod attribution, limit
-//! enforcement policy, TPU sources, and the agent binary.
+//! Not here yet (issue 4): curve reporting over the wire, power-limit commands, GPU→pod
+//! attribution, TPU sources, the NVML and RAPL sources in the binary, and an on-disk buffer.
 
+pub mod client;
 pub mod clock;
 pub mod curve;
 pub mod nvml;

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::planner::{Policy, PolicyKind};
 use crate::scenario::{self, Scenario};
 use crate::schedule::{self, Schedule};
+use crate::service::{self, ServeArgs};
 use crate::signals::show::{self, SignalsArgs, SignalsCommand};
 use crate::sim::{self, Replay};
 use crate::summary::{PolicyFigures, Summary};
@@ -29,6 +30,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Price and carbon signals from the configured providers.
     Signals(SignalsArgs),
+    /// Serve node agents over gRPC (registry, sample ingest, energy metering) with an admin
+    /// HTTP port (/healthz, /readyz, /metrics), until ctrl-c.
+    Serve(ServeArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -77,6 +81,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Serve(args) => Ok(service::serve_until_ctrl_c(&args)?),
     }
 }
 

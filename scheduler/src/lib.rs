@@ -9,12 +9,15 @@
 //! - [`schedule`]: the schedule file and its pricing (the checker's formulas);
 //! - [`summary`]: the figures `offpeak simulate` prints;
 //! - [`validate`]: checks a schedule against every rule of the spec;
+//! - [`service`]: `offpeak serve`: the gRPC service agents stream samples to (registry,
+//!   energy metering from counter deltas, replay de-duplication) and the admin HTTP port;
 //! - [`cli`]: the `offpeak` command line (the binary only parses and calls into it).
 
 pub mod cli;
 pub mod planner;
 pub mod scenario;
 pub mod schedule;
+pub mod service;
 pub mod signals;
 pub mod sim;
 pub mod summary;
