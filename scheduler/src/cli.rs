@@ -8,7 +8,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::ledger;
 use crate::planner::{Policy, PolicyKind};
+use crate::report::{self, ReportArgs};
 use crate::scenario::{self, Scenario};
 use crate::schedule::{self, Schedule};
 use crate::service::{self, ServeArgs};
@@ -33,6 +35,8 @@ pub enum Command {
     /// Serve node agents over gRPC (registry, sample ingest, energy metering) with an admin
     /// HTTP port (/healthz, /readyz, /metrics), until ctrl-c.
     Serve(ServeArgs),
+    /// A month of the energy ledger for finance (CSV, FOCUS-shaped CSV or HTML).
+    Report(ReportArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -55,6 +59,10 @@ pub struct SimulateArgs {
     /// Hide the progress bar.
     #[arg(long, env = "OFFPEAK_NO_PROGRESS")]
     pub no_progress: bool,
+    /// Also append the replay's metered energy to this SQLite ledger (for `offpeak report`);
+    /// replaying again adds nothing twice.
+    #[arg(long, env = "OFFPEAK_LEDGER")]
+    pub ledger: Option<PathBuf>,
 }
 
 /// Runs one command.
@@ -82,6 +90,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => Ok(service::serve_until_ctrl_c(&args)?),
+        Command::Report(args) => {
+            let text = report::run(&args)?;
+            if args.out.is_none() {
+                // An error, not a panic, when the reader goes away (`| head`).
+                std::io::Write::write_all(&mut std::io::stdout(), text.as_bytes())
+                    .context("writing the report to standard output")?;
+            }
+            Ok(())
+        }
     }
 }
 
@@ -97,6 +114,10 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Summary> {
     let policy = args.policy.build();
     let replay = replay_with_progress(&sc, policy.as_ref(), !args.no_progress && !args.json)?;
     write_schedule(&args.out, &Schedule::from_replay(&sc, &replay))?;
+    if let Some(path) = &args.ledger {
+        ledger::write_replay(path, &sc, &replay)
+            .with_context(|| format!("writing the ledger {}", path.display()))?;
+    }
     let result = PolicyFigures {
         policy: replay.policy.clone(),
         totals: schedule::totals(&sc, &replay),

@@ -8,13 +8,19 @@
 //! - [`sim`]: the event-driven replay that feeds a policy only what it could know;
 //! - [`schedule`]: the schedule file and its pricing (the checker's formulas);
 //! - [`summary`]: the figures `offpeak simulate` prints;
+//! - [`ledger`]: the append-only energy ledger (metered energy per job per slot, priced), on
+//!   SQLite;
+//! - [`report`]: monthly reports from the ledger (CSV, FOCUS-shaped CSV, HTML) in a reporting
+//!   time zone;
 //! - [`validate`]: checks a schedule against every rule of the spec;
 //! - [`service`]: `offpeak serve`: the gRPC service agents stream samples to (registry,
 //!   energy metering from counter deltas, replay de-duplication) and the admin HTTP port;
 //! - [`cli`]: the `offpeak` command line (the binary only parses and calls into it).
 
 pub mod cli;
+pub mod ledger;
 pub mod planner;
+pub mod report;
 pub mod scenario;
 pub mod schedule;
 pub mod service;

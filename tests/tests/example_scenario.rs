@@ -56,6 +56,7 @@ fn every_policy_gives_a_valid_priced_schedule_and_offpeak_wins() -> anyhow::Resu
             json: true,
             no_baseline: policy != PolicyKind::Offpeak,
             no_progress: true,
+            ledger: None,
         };
         let summary = simulate(&args)?;
         let schedule: Schedule = serde_json::from_str(&std::fs::read_to_string(&out)?)?;

@@ -1,0 +1,225 @@
+//! The energy ledger: append-only records of metered energy per job per interval, each priced
+//! at the price and carbon intensity of its zone and interval, with PUE applied.
+//!
+//! Layout:
+//! - [`record`]: [`LedgerRecord`] (one job, one zone, one interval) and [`MarketSlot`] (a
+//!   zone's price and intensity over one slot, for "price paid against the market"); amounts
+//!   are integer nano-units ([`Fixed`]), so every total is an exact integer sum;
+//! - [`store`]: the [`LedgerStore`] interface and its embedded SQLite backend
+//!   ([`SqliteLedger`], `rusqlite` with SQLite bundled), schema created by numbered migrations;
+//! - here: [`from_replay`], [`counterfactual_from_replay`] and [`market_from_scenario`], which
+//!   turn a simulator replay into records (actual, and "full power as soon as submitted"), and
+//!   [`write_replay`], which stores them.
+//!
+//! Granularity: **one record per run slot** (a job's run over one slot of the scenario's grid).
+//! A slot has one price and one carbon intensity, so each record is priced at exactly what its
+//! energy cost then, and a report can split energy at any month or day boundary without
+//! guessing how it was spread inside a run.
+//!
+//! Idempotence: a record's id is derived from what it meters (source, job and slot start;
+//! [`record_id`]), and appending uses `INSERT ... ON CONFLICT (id) DO NOTHING`, so replaying
+//! the same records changes nothing. Corrections are new records (`corrects` names the one
+//! amended, their amounts are the difference), never updates.
+//!
+//! Not here yet (issue 6): the PostgreSQL backend, records from the agents' counter deltas,
+//! and named tariff periods (a record carries its slot's spot price only).
+
+pub mod record;
+pub mod store;
+
+use std::path::Path;
+
+use thiserror::Error;
+
+pub use record::{Amounts, Fixed, LedgerRecord, MarketSlot};
+pub use store::{LedgerStore, SqliteLedger};
+
+use crate::planner::context::slots_needed;
+use crate::scenario::Scenario;
+use crate::sim::{Outcome, Replay};
+
+/// A ledger operation that failed.
+#[derive(Debug, Error)]
+pub enum LedgerError {
+    #[error("opening ledger {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("applying ledger schema migration {version}")]
+    Migrate {
+        version: i64,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("appending to the ledger")]
+    Append {
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("querying the ledger")]
+    Query {
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("reading ledger record {id}: field `{field}`: {reason}")]
+    ReadRecord {
+        id: String,
+        field: &'static str,
+        reason: String,
+    },
+}
+
+/// The source name of a simulator replay's records.
+pub fn replay_source(sc: &Scenario, replay: &Replay) -> String {
+    format!("sim/{}/{}", sc.name, replay.policy)
+}
+
+/// The deterministic id of the record metering `job` from `start` (RFC 3339 UTC) for `source`:
+/// a job runs in at most one place at a time, so these three identify the record.
+pub fn record_id(source: &str, job: &str, start: &str) -> String {
+    format!("{source}|{job}|{start}")
+}
+
+/// The ledger records of a replay: one per slot of every run of every job the replay
+/// completed. Priced with [`crate::schedule::price_run`]'s formulas, slot by slot (energy =
+/// gpus × watts / 1000 × slot hours × PUE; cost = kWh × price / 1000; carbon = kWh × gCO2 /
+/// 1000), so the ledger's totals equal [`crate::schedule::totals`]. Runs of jobs the replay
+/// left unscheduled are not recorded, as `totals` does not price them either.
+pub fn from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerRecord> {
+    let source = replay_source(sc, replay);
+    let slot_h = sc.grid.slot_hours().0;
+    let mut out = Vec::new();
+    for (job, outcome) in sc.jobs.iter().zip(&replay.outcomes) {
+        let Outcome::Done(runs) = outcome else {
+            continue;
+        };
+        let profile = &sc.profiles[job.profile];
+        for run in runs {
+            let zone = &sc.zones[run.zone];
+            let watts = profile.points[run.point].draw.0;
+            let it_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h;
+            // The same expression and order as `price_run`, so the per-slot energy is bitwise
+            // the one the simulator's totals use.
+            let facility_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h * zone.pue;
+            for s in run.start..run.end {
+                let i = s as usize;
+                let (price, carbon) = (zone.price[i], zone.carbon[i]);
+                let start = sc.grid.instant(s);
+                out.push(LedgerRecord {
+                    id: record_id(&source, &job.id, &sc.grid.format(s)),
+                    source: source.clone(),
+                    namespace: job.namespace.clone(),
+                    job: job.id.clone(),
+                    zone: zone.name.clone(),
+                    start,
+                    end: sc.grid.instant(s + 1),
+                    gpus: job.gpus,
+                    price,
+                    carbon_intensity: carbon,
+                    pue: zone.pue,
+                    currency: sc.currency.clone(),
+                    amounts: Amounts {
+                        gpu_hours: Fixed::from_f64(f64::from(job.gpus) * slot_h),
+                        it_kwh: Fixed::from_f64(it_kwh),
+                        facility_kwh: Fixed::from_f64(facility_kwh),
+                        cost: Fixed::from_f64(facility_kwh * price.0 / 1000.0),
+                        carbon_kg: Fixed::from_f64(facility_kwh * carbon.0 / 1000.0),
+                    },
+                    corrects: None,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The source name of a replay's counterfactual records.
+pub fn counterfactual_source(sc: &Scenario, replay: &Replay) -> String {
+    format!("counterfactual/{}/{}", sc.name, replay.policy)
+}
+
+/// The counterfactual of a replay, record by record: every job the replay completed, run
+/// instead at full power from the first slot after its submission, in one run, in the zone of
+/// its first actual run, priced on the same signals with the same formulas. Capacity is not
+/// modelled (like the checker's `asap` reference), and a run that would pass the end of the
+/// signals is cut there. The report's saving is this minus the actual records.
+pub fn counterfactual_from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerRecord> {
+    let source = counterfactual_source(sc, replay);
+    let slot_h = sc.grid.slot_hours().0;
+    let mut out = Vec::new();
+    for (job, outcome) in sc.jobs.iter().zip(&replay.outcomes) {
+        let Outcome::Done(runs) = outcome else {
+            continue;
+        };
+        let Some(first) = runs.first() else {
+            continue;
+        };
+        let zone = &sc.zones[first.zone];
+        let profile = &sc.profiles[job.profile];
+        let point = profile.points[profile.full_power()];
+        let n = slots_needed(job.work.0, point.throughput, slot_h);
+        let start = sc.earliest_slot(job);
+        let end = start
+            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX))
+            .min(sc.n_slots);
+        let it_kwh = f64::from(job.gpus) * point.draw.0 / 1000.0 * slot_h;
+        let facility_kwh = f64::from(job.gpus) * point.draw.0 / 1000.0 * slot_h * zone.pue;
+        for s in start..end {
+            let i = s as usize;
+            let (price, carbon) = (zone.price[i], zone.carbon[i]);
+            out.push(LedgerRecord {
+                id: record_id(&source, &job.id, &sc.grid.format(s)),
+                source: source.clone(),
+                namespace: job.namespace.clone(),
+                job: job.id.clone(),
+                zone: zone.name.clone(),
+                start: sc.grid.instant(s),
+                end: sc.grid.instant(s + 1),
+                gpus: job.gpus,
+                price,
+                carbon_intensity: carbon,
+                pue: zone.pue,
+                currency: sc.currency.clone(),
+                amounts: Amounts {
+                    gpu_hours: Fixed::from_f64(f64::from(job.gpus) * slot_h),
+                    it_kwh: Fixed::from_f64(it_kwh),
+                    facility_kwh: Fixed::from_f64(facility_kwh),
+                    cost: Fixed::from_f64(facility_kwh * price.0 / 1000.0),
+                    carbon_kg: Fixed::from_f64(facility_kwh * carbon.0 / 1000.0),
+                },
+                corrects: None,
+            });
+        }
+    }
+    out
+}
+
+/// Every zone's price and carbon intensity over every slot of the scenario.
+pub fn market_from_scenario(sc: &Scenario) -> Vec<MarketSlot> {
+    let mut out = Vec::new();
+    for zone in &sc.zones {
+        for s in 0..sc.n_slots {
+            let i = s as usize;
+            out.push(MarketSlot {
+                zone: zone.name.clone(),
+                start: sc.grid.instant(s),
+                end: sc.grid.instant(s + 1),
+                price: zone.price[i],
+                carbon_intensity: zone.carbon[i],
+                currency: sc.currency.clone(),
+            });
+        }
+    }
+    out
+}
+
+/// Stores a replay's records, its counterfactual and the scenario's market slots in the SQLite ledger at `path`;
+/// returns how many records were new.
+pub fn write_replay(path: &Path, sc: &Scenario, replay: &Replay) -> Result<usize, LedgerError> {
+    let mut store = SqliteLedger::open(path)?;
+    store.append_market(&market_from_scenario(sc))?;
+    store.append_counterfactual(&counterfactual_from_replay(sc, replay))?;
+    store.append(&from_replay(sc, replay))
+}

@@ -1,0 +1,271 @@
+//! The CSV and FOCUS-shaped CSV renderings of a [`MonthlyReport`].
+
+use std::collections::BTreeMap;
+
+use super::{MonthlyReport, ReportError, average_price_paid};
+use crate::ledger::record::{format_units, quantum, round_half_away};
+use crate::ledger::{Amounts, Fixed};
+
+/// Decimals printed for money: cents.
+pub const MONEY_DIGITS: u32 = 2;
+/// Decimals printed for kWh, kg CO2e and GPU-hours: a thousandth (one Wh, one gram), finer
+/// than any meter the figures come from.
+pub const QUANTITY_DIGITS: u32 = 3;
+
+/// Rounds `values` to `digits` decimals so that the rounded values add up to their exact sum
+/// rounded (largest remainder): the printed rows of a view always add up to its printed total.
+/// Returns integer counts of `10^-digits` units.
+pub fn apportion(values: &[Fixed], digits: u32) -> Vec<i64> {
+    let q = quantum(digits);
+    let total: i64 = values.iter().map(|v| v.0).sum();
+    let target = round_half_away(total, q);
+    let mut out: Vec<i64> = values.iter().map(|v| v.0.div_euclid(q)).collect();
+    let short = target - out.iter().sum::<i64>();
+    // 0 <= short <= values.len(): each floor loses less than one unit, the target rounds by at
+    // most half of one.
+    let mut order: Vec<(i64, usize)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.0.rem_euclid(q), i))
+        .collect();
+    order.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for &(_, i) in order.iter().take(usize::try_from(short).unwrap_or(0)) {
+        out[i] += 1;
+    }
+    out
+}
+
+/// The printed columns of a set of rows, each apportioned against its total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Printed {
+    pub gpu_hours: Vec<String>,
+    pub it_kwh: Vec<String>,
+    pub facility_kwh: Vec<String>,
+    pub cost: Vec<String>,
+    pub carbon_kg: Vec<String>,
+}
+
+/// Prints `rows`' amounts so that each column adds up to the rows' exact total, rounded.
+pub fn print_rows(rows: &[Amounts]) -> Printed {
+    let col = |f: fn(&Amounts) -> Fixed, digits: u32| -> Vec<String> {
+        let v: Vec<Fixed> = rows.iter().map(f).collect();
+        apportion(&v, digits)
+            .into_iter()
+            .map(|u| format_units(u, digits))
+            .collect()
+    };
+    Printed {
+        gpu_hours: col(|a| a.gpu_hours, QUANTITY_DIGITS),
+        it_kwh: col(|a| a.it_kwh, QUANTITY_DIGITS),
+        facility_kwh: col(|a| a.facility_kwh, QUANTITY_DIGITS),
+        cost: col(|a| a.cost, MONEY_DIGITS),
+        carbon_kg: col(|a| a.carbon_kg, QUANTITY_DIGITS),
+    }
+}
+
+/// "credit" for a negative cost (negative prices paid us), "charge" otherwise.
+pub fn cost_kind(cost: Fixed) -> &'static str {
+    if cost.0 < 0 { "credit" } else { "charge" }
+}
+
+fn price(p: Option<f64>) -> String {
+    p.map(|x| format!("{x:.2}")).unwrap_or_default()
+}
+
+/// A plain CSV row before printing: view, namespace, zone, job, amounts, counterfactual, zone
+/// average price.
+type CsvRow = (
+    &'static str,
+    String,
+    String,
+    String,
+    Amounts,
+    Amounts,
+    String,
+);
+
+/// A money column apportioned like the others (see [`apportion`]).
+fn print_money(values: &[Fixed]) -> Vec<String> {
+    apportion(values, MONEY_DIGITS)
+        .into_iter()
+        .map(|u| format_units(u, MONEY_DIGITS))
+        .collect()
+}
+
+/// Plain CSV: one row per (namespace, zone, job), then per namespace, per zone, and the total;
+/// the `view` column says which. The rows of each view add up to its total row. The saving is
+/// against running at full power as soon as submitted (empty where the ledger holds no
+/// counterfactual).
+pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "month",
+        "time_zone",
+        "view",
+        "namespace",
+        "zone",
+        "job",
+        "gpu_hours",
+        "it_kwh",
+        "facility_kwh",
+        "currency",
+        "energy_cost",
+        "cost_kind",
+        "carbon_kg_co2e_location_based",
+        "avg_price_paid_per_mwh",
+        "zone_avg_price_per_mwh",
+        "counterfactual_cost_full_power_at_submit",
+        "saving_vs_full_power_at_submit",
+    ])?;
+    let month = r.month.to_string();
+    let tz = r.time_zone.name();
+    let zone_avg = |z: &str| price(r.zone_average_price.get(z).copied());
+    let none = String::new;
+    let mut views: Vec<Vec<CsvRow>> = vec![
+        r.lines
+            .iter()
+            .map(|l| {
+                let job = l.job.clone();
+                let (ns, zone) = (l.namespace.clone(), l.zone.clone());
+                (
+                    "job",
+                    ns,
+                    zone,
+                    job,
+                    l.amounts,
+                    l.counterfactual,
+                    zone_avg(&l.zone),
+                )
+            })
+            .collect(),
+        r.by_namespace()
+            .into_iter()
+            .map(|(ns, a, c)| ("namespace", ns, none(), none(), a, c, none()))
+            .collect(),
+        r.by_zone()
+            .into_iter()
+            .map(|(z, a, c)| {
+                let avg = zone_avg(&z);
+                ("zone", none(), z, none(), a, c, avg)
+            })
+            .collect(),
+    ];
+    views.push(vec![(
+        "total",
+        none(),
+        none(),
+        none(),
+        r.total,
+        r.counterfactual_total,
+        none(),
+    )]);
+    for rows in views {
+        let amounts: Vec<Amounts> = rows.iter().map(|x| x.4).collect();
+        let p = print_rows(&amounts);
+        let cf = print_money(&rows.iter().map(|x| x.5.cost).collect::<Vec<_>>());
+        let saving = print_money(&rows.iter().map(|x| x.5.cost - x.4.cost).collect::<Vec<_>>());
+        for (i, (view, ns, zone, job, a, _, avg)) in rows.iter().enumerate() {
+            let (cf, saving) = if r.has_counterfactual {
+                (cf[i].as_str(), saving[i].as_str())
+            } else {
+                ("", "")
+            };
+            w.write_record([
+                month.as_str(),
+                tz,
+                view,
+                ns,
+                zone,
+                job,
+                &p.gpu_hours[i],
+                &p.it_kwh[i],
+                &p.facility_kwh[i],
+                &r.currency,
+                &p.cost[i],
+                cost_kind(a.cost),
+                &p.carbon_kg[i],
+                &price(average_price_paid(a)),
+                avg,
+                cf,
+                saving,
+            ])?;
+        }
+    }
+    finish(w)
+}
+
+fn finish(w: csv::Writer<Vec<u8>>) -> Result<String, ReportError> {
+    let bytes = w
+        .into_inner()
+        .map_err(|e| ReportError::WriteCsv(e.into_error().into()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// FOCUS-shaped CSV (the FinOps billing format): one row per (local day, namespace, zone,
+/// job), its charge period the local day in UTC. `ConsumedQuantity` is the metered IT energy;
+/// the cost is that of the facility energy (`x_FacilityKwh`, PUE applied). The rows add up to
+/// the month's total.
+pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "BilledCost",
+        "EffectiveCost",
+        "ChargeCategory",
+        "ChargeDescription",
+        "ChargePeriodStart",
+        "ChargePeriodEnd",
+        "BillingCurrency",
+        "ConsumedQuantity",
+        "ConsumedUnit",
+        "Tags",
+        "x_CarbonKg",
+        "x_CarbonMethod",
+        "x_FacilityKwh",
+        "x_GpuHours",
+    ])?;
+    let rows: Vec<(&super::Day, &super::Line)> = r
+        .days
+        .iter()
+        .flat_map(|d| d.lines.iter().map(move |l| (d, l)))
+        .collect();
+    let amounts: Vec<Amounts> = rows.iter().map(|(_, l)| l.amounts).collect();
+    let p = print_rows(&amounts);
+    let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    for (i, (d, l)) in rows.iter().enumerate() {
+        let tags: BTreeMap<&str, &str> = [
+            ("namespace", l.namespace.as_str()),
+            ("job", l.job.as_str()),
+            ("zone", l.zone.as_str()),
+        ]
+        .into_iter()
+        .collect();
+        let tags = serde_json::to_string(&tags).unwrap_or_default();
+        let credit = l.amounts.cost.0 < 0;
+        w.write_record([
+            p.cost[i].as_str(),
+            &p.cost[i],
+            if credit { "Credit" } else { "Usage" },
+            &format!(
+                "Energy for job {} in zone {}{}",
+                l.job,
+                l.zone,
+                if credit {
+                    " (credit: negative prices)"
+                } else {
+                    ""
+                }
+            ),
+            &time(d.start),
+            &time(d.end),
+            &r.currency,
+            &p.it_kwh[i],
+            "kWh",
+            &tags,
+            &p.carbon_kg[i],
+            "location-based",
+            &p.facility_kwh[i],
+            &p.gpu_hours[i],
+        ])?;
+    }
+    finish(w)
+}
