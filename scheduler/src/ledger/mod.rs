@@ -35,8 +35,9 @@ pub use record::{Amounts, Fixed, LedgerRecord, MarketSlot};
 pub use store::{LedgerStore, SqliteLedger};
 
 use crate::planner::context::slots_needed;
-use crate::scenario::Scenario;
+use crate::scenario::{Job, Scenario, Zone};
 use crate::sim::{Outcome, Replay};
+use crate::units::Slot;
 
 /// A ledger operation that failed.
 #[derive(Debug, Error)]
@@ -89,7 +90,6 @@ pub fn record_id(source: &str, job: &str, start: &str) -> String {
 /// left unscheduled are not recorded, as `totals` does not price them either.
 pub fn from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerRecord> {
     let source = replay_source(sc, replay);
-    let slot_h = sc.grid.slot_hours().0;
     let mut out = Vec::new();
     for (job, outcome) in sc.jobs.iter().zip(&replay.outcomes) {
         let Outcome::Done(runs) = outcome else {
@@ -97,42 +97,53 @@ pub fn from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerRecord> {
         };
         let profile = &sc.profiles[job.profile];
         for run in runs {
-            let zone = &sc.zones[run.zone];
             let watts = profile.points[run.point].draw.0;
-            let it_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h;
-            // The same expression and order as `price_run`, so the per-slot energy is bitwise
-            // the one the simulator's totals use.
-            let facility_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h * zone.pue;
-            for s in run.start..run.end {
-                let i = s as usize;
-                let (price, carbon) = (zone.price[i], zone.carbon[i]);
-                let start = sc.grid.instant(s);
-                out.push(LedgerRecord {
-                    id: record_id(&source, &job.id, &sc.grid.format(s)),
-                    source: source.clone(),
-                    namespace: job.namespace.clone(),
-                    job: job.id.clone(),
-                    zone: zone.name.clone(),
-                    start,
-                    end: sc.grid.instant(s + 1),
-                    gpus: job.gpus,
-                    price,
-                    carbon_intensity: carbon,
-                    pue: zone.pue,
-                    currency: sc.currency.clone(),
-                    amounts: Amounts {
-                        gpu_hours: Fixed::from_f64(f64::from(job.gpus) * slot_h),
-                        it_kwh: Fixed::from_f64(it_kwh),
-                        facility_kwh: Fixed::from_f64(facility_kwh),
-                        cost: Fixed::from_f64(facility_kwh * price.0 / 1000.0),
-                        carbon_kg: Fixed::from_f64(facility_kwh * carbon.0 / 1000.0),
-                    },
-                    corrects: None,
-                });
-            }
+            out.extend(
+                (run.start..run.end)
+                    .map(|s| slot_record(sc, &source, job, &sc.zones[run.zone], s, watts)),
+            );
         }
     }
     out
+}
+
+/// The record of `job` drawing `watts` per GPU in `zone` over slot `s`.
+fn slot_record(
+    sc: &Scenario,
+    source: &str,
+    job: &Job,
+    zone: &Zone,
+    s: Slot,
+    watts: f64,
+) -> LedgerRecord {
+    let slot_h = sc.grid.slot_hours().0;
+    let it_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h;
+    // The same expression and order as `price_run`, so the per-slot energy is bitwise the one
+    // the simulator's totals use.
+    let facility_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h * zone.pue;
+    let (price, carbon) = (zone.price[s as usize], zone.carbon[s as usize]);
+    LedgerRecord {
+        id: record_id(source, &job.id, &sc.grid.format(s)),
+        source: source.to_owned(),
+        namespace: job.namespace.clone(),
+        job: job.id.clone(),
+        zone: zone.name.clone(),
+        start: sc.grid.instant(s),
+        end: sc.grid.instant(s + 1),
+        gpus: job.gpus,
+        price,
+        carbon_intensity: carbon,
+        pue: zone.pue,
+        currency: sc.currency.clone(),
+        amounts: Amounts {
+            gpu_hours: Fixed::from_f64(f64::from(job.gpus) * slot_h),
+            it_kwh: Fixed::from_f64(it_kwh),
+            facility_kwh: Fixed::from_f64(facility_kwh),
+            cost: Fixed::from_f64(facility_kwh * price.0 / 1000.0),
+            carbon_kg: Fixed::from_f64(facility_kwh * carbon.0 / 1000.0),
+        },
+        corrects: None,
+    }
 }
 
 /// The source name of a replay's counterfactual records.
@@ -156,7 +167,6 @@ pub fn counterfactual_from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerR
         let Some(first) = runs.first() else {
             continue;
         };
-        let zone = &sc.zones[first.zone];
         let profile = &sc.profiles[job.profile];
         let point = profile.points[profile.full_power()];
         let n = slots_needed(job.work.0, point.throughput, slot_h);
@@ -164,34 +174,10 @@ pub fn counterfactual_from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerR
         let end = start
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX))
             .min(sc.n_slots);
-        let it_kwh = f64::from(job.gpus) * point.draw.0 / 1000.0 * slot_h;
-        let facility_kwh = f64::from(job.gpus) * point.draw.0 / 1000.0 * slot_h * zone.pue;
-        for s in start..end {
-            let i = s as usize;
-            let (price, carbon) = (zone.price[i], zone.carbon[i]);
-            out.push(LedgerRecord {
-                id: record_id(&source, &job.id, &sc.grid.format(s)),
-                source: source.clone(),
-                namespace: job.namespace.clone(),
-                job: job.id.clone(),
-                zone: zone.name.clone(),
-                start: sc.grid.instant(s),
-                end: sc.grid.instant(s + 1),
-                gpus: job.gpus,
-                price,
-                carbon_intensity: carbon,
-                pue: zone.pue,
-                currency: sc.currency.clone(),
-                amounts: Amounts {
-                    gpu_hours: Fixed::from_f64(f64::from(job.gpus) * slot_h),
-                    it_kwh: Fixed::from_f64(it_kwh),
-                    facility_kwh: Fixed::from_f64(facility_kwh),
-                    cost: Fixed::from_f64(facility_kwh * price.0 / 1000.0),
-                    carbon_kg: Fixed::from_f64(facility_kwh * carbon.0 / 1000.0),
-                },
-                corrects: None,
-            });
-        }
+        out.extend(
+            (start..end)
+                .map(|s| slot_record(sc, &source, job, &sc.zones[first.zone], s, point.draw.0)),
+        );
     }
     out
 }
