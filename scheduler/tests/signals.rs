@@ -657,7 +657,7 @@ fn london() -> TimeBasis {
 }
 
 fn gb_local_import() -> CarbonCsv {
-    let mut import = CarbonCsv::carbon(
+    let mut import = CarbonCsv::new(
         "GB",
         "local_time",
         "intensity_g_per_kwh",
@@ -716,7 +716,7 @@ async fn csv_in_london_time_across_the_end_of_summer_time_matches_the_utc_file()
 #[test]
 fn csv_local_time_skipped_by_the_clocks_is_an_error_naming_the_line() {
     let body = "t,v\n2023-03-26 00:00,10\n2023-03-26 01:00,11\n2023-03-26 02:00,12\n";
-    let import = CarbonCsv::carbon(
+    let import = CarbonCsv::new(
         "GB",
         "t",
         "v",
@@ -732,7 +732,7 @@ fn csv_local_time_skipped_by_the_clocks_is_an_error_naming_the_line() {
 
     // The same day in Berlin: 02:00 is missing from the file, as it is from the clocks.
     let body = "t,v\n2023-03-26 01:00,10\n2023-03-26 03:00,11\n";
-    let import = CarbonCsv::carbon(
+    let import = CarbonCsv::new(
         "DE",
         "t",
         "v",
@@ -752,7 +752,7 @@ fn csv_local_time_skipped_by_the_clocks_is_an_error_naming_the_line() {
 #[tokio::test]
 async fn csv_prices_keep_negative_values_from_a_file() {
     let source = CsvSource {
-        import: PriceCsv::prices(
+        import: PriceCsv::new(
             "DE-LU",
             "Datetime",
             "Price (EUR/MWh)",
@@ -806,7 +806,7 @@ async fn csv_prices_keep_negative_values_from_a_file() {
 fn csv_units_offsets_and_bad_rows() {
     // Pence per kWh to currency per MWh, negative included, with a fixed offset.
     let body = "time,price\n2026-04-04T10:00,-5.05\n2026-04-04T10:30,1.5\n";
-    let import = PriceCsv::prices(
+    let import = PriceCsv::new(
         "GB",
         "time",
         "price",
@@ -843,7 +843,7 @@ fn csv_units_offsets_and_bad_rows() {
     assert!(e.to_string().contains("given twice"), "{e}");
 
     // Pounds per MWh (WattTime's unit) to grams per kWh.
-    let import = CarbonCsv::carbon(
+    let import = CarbonCsv::new(
         "CAISO_NORTH",
         "t",
         "v",

@@ -452,7 +452,7 @@ impl Ctx<'_> {
                 };
                 let currency = self.currency(cur, line, &format!("{at}.currency"))?;
                 let (time_basis, resolution) = self.csv_common(c, line, &at)?;
-                let mut import = PriceCsv::prices(
+                let mut import = PriceCsv::new(
                     zone,
                     &c.time_column,
                     &c.value_column,
@@ -614,7 +614,7 @@ impl Ctx<'_> {
                     }
                 };
                 let (time_basis, resolution) = self.csv_common(c, line, &at)?;
-                let mut import = CarbonCsv::carbon(
+                let mut import = CarbonCsv::new(
                     zone,
                     &c.time_column,
                     &c.value_column,

@@ -13,10 +13,7 @@ use chrono::{DateTime, FixedOffset, NaiveDateTime, TimeZone, Utc};
 use chrono_tz::Tz;
 
 use super::time::parse_instant;
-use super::{
-    CarbonBasis, Currency, HttpFetcher, Point, Quality, Series, SignalError, SignalProvider,
-    SignalUnit, Window,
-};
+use super::{HttpFetcher, Point, Quality, Series, SignalError, SignalProvider, SignalUnit, Window};
 use crate::units::{GramsPerKwh, PricePerMwh};
 
 /// Name in errors and status.
@@ -238,39 +235,16 @@ fn local<Z: TimeZone>(
     }
 }
 
-impl CsvImport<PriceUnit> {
-    /// A price file in `currency`.
-    pub fn prices(
+impl<S: StatedUnit> CsvImport<S> {
+    /// A file of `unit` values on `basis` (the currency of prices, the accounting basis of
+    /// intensities), every row published unless an estimated column is set.
+    pub fn new(
         zone: impl Into<String>,
         time_column: impl Into<String>,
         value_column: impl Into<String>,
         time_basis: TimeBasis,
-        unit: PriceUnit,
-        currency: Currency,
-        resolution_minutes: u32,
-    ) -> Self {
-        Self {
-            zone: zone.into(),
-            time_column: time_column.into(),
-            value_column: value_column.into(),
-            estimated_column: None,
-            time_basis,
-            unit,
-            basis: currency,
-            resolution_minutes,
-        }
-    }
-}
-
-impl CsvImport<CarbonUnit> {
-    /// A carbon-intensity file on `basis`.
-    pub fn carbon(
-        zone: impl Into<String>,
-        time_column: impl Into<String>,
-        value_column: impl Into<String>,
-        time_basis: TimeBasis,
-        unit: CarbonUnit,
-        basis: CarbonBasis,
+        unit: S,
+        basis: <S::Quantity as SignalUnit>::Basis,
         resolution_minutes: u32,
     ) -> Self {
         Self {
