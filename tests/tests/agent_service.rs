@@ -84,6 +84,32 @@ struct SimAgent {
     last_sent: BTreeMap<(String, String), u64>,
 }
 
+/// Samples every agent once, `times` times over.
+async fn tick_all(agents: &mut [SimAgent], times: usize) -> anyhow::Result<()> {
+    for _ in 0..times {
+        for agent in agents.iter_mut() {
+            agent.tick().await?;
+        }
+    }
+    Ok(())
+}
+
+/// Stops every agent, checks each delivered everything, and returns the energy each device's
+/// counter produced with the agents' reports.
+async fn finish_all(
+    agents: Vec<SimAgent>,
+) -> anyhow::Result<(BTreeMap<(String, String), u64>, Vec<UplinkReport>)> {
+    let mut produced = BTreeMap::new();
+    let mut reports = Vec::new();
+    for agent in agents {
+        let (counters, report) = agent.finish().await?;
+        ensure!(report.unsent == 0 && report.dropped == 0, "{report:?}");
+        produced.extend(counters);
+        reports.push(report);
+    }
+    Ok((produced, reports))
+}
+
 impl SimAgent {
     fn start(
         node: &str,
@@ -231,17 +257,8 @@ async fn three_agents_are_metered_exactly_what_their_counters_produced() -> anyh
             25,
         )?);
     }
-    for _ in 0..120 {
-        for agent in &mut agents {
-            agent.tick().await?;
-        }
-    }
-    let mut produced = BTreeMap::new();
-    for agent in agents {
-        let (counters, report) = agent.finish().await?;
-        ensure!(report.unsent == 0 && report.dropped == 0, "{report:?}");
-        produced.extend(counters);
-    }
+    tick_all(&mut agents, 120).await?;
+    let (produced, _) = finish_all(agents).await?;
     // The sources' counters started at zero, so what they read now is all they produced.
     ensure!(produced.len() == 9);
     ensure!(produced.values().all(|&mj| mj > 0));
@@ -279,33 +296,18 @@ async fn a_scheduler_restart_neither_loses_nor_doubles_energy() -> anyhow::Resul
         )?);
     }
     const BEFORE: usize = 30;
-    for _ in 0..BEFORE {
-        for agent in &mut agents {
-            agent.tick().await?;
-        }
-    }
+    tick_all(&mut agents, BEFORE).await?;
     let sent: BTreeMap<_, _> = agents.iter().flat_map(|a| a.last_sent.clone()).collect();
     wait_until_metered(&registry, &sent).await?;
     first.stop().await?;
 
     // The scheduler is away: the agents keep sampling into their buffers.
-    for _ in 0..20 {
-        for agent in &mut agents {
-            agent.tick().await?;
-        }
-    }
+    tick_all(&mut agents, 20).await?;
     let second = Scheduler::start(&registry, grpc_addr).await?;
-    for _ in 0..20 {
-        for agent in &mut agents {
-            agent.tick().await?;
-        }
-    }
-    let mut produced = BTreeMap::new();
-    for agent in agents {
-        let (counters, report) = agent.finish().await?;
-        ensure!(report.unsent == 0 && report.dropped == 0, "{report:?}");
+    tick_all(&mut agents, 20).await?;
+    let (produced, reports) = finish_all(agents).await?;
+    for report in &reports {
         ensure!(report.reconnects >= 1, "{report:?}");
-        produced.extend(counters);
     }
     assert_eq!(registry.energy_by_device(), produced);
     let text = second.metrics().await?;
