@@ -2,7 +2,7 @@
 //! builds without `protoc` installed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["offpeak/v1/agent.proto"];
+    let files = ["offpeak/v1/agent.proto", "offpeak/v1/placement.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }
