@@ -1,8 +1,12 @@
-//! Compiles `offpeak/v1/*.proto` with the pure-Rust `protox` compiler, so a fresh clone
-//! builds without `protoc` installed.
+//! Compiles `offpeak/v1/*.proto` (and the kubelet pod-resources subset the agent reads) with
+//! the pure-Rust `protox` compiler, so a fresh clone builds without `protoc` installed.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["offpeak/v1/agent.proto", "offpeak/v1/placement.proto"];
+    let files = [
+        "offpeak/v1/agent.proto",
+        "offpeak/v1/placement.proto",
+        "kubelet/podresources/v1/podresources.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -1,44 +1,31 @@
-//! Streaming readings to the scheduler: sample every device of a [`PowerSource`], buffer the
-//! batches, and deliver them over `AgentService.StreamSamples`, reconnecting with exponential
-//! backoff and replaying in order what the scheduler has not confirmed.
+//! The uplink: delivers batches to the scheduler over `AgentService.StreamSamples`, buffering
+//! what it has not confirmed ([`BatchBuffer`], in memory or on disk), reconnecting with
+//! exponential backoff and replaying in order.
 //!
 //! Delivery: a batch leaves the buffer only when the stream it was sent on closes with a
-//! `StreamSummary`, so the agent rotates streams every [`UplinkConfig::batches_per_stream`]
+//! `StreamSummary`, so the uplink rotates streams every [`UplinkConfig::batches_per_stream`]
 //! batches. Anything sent on a stream that broke is replayed on the next one with the same
 //! sequence number; the scheduler skips sequences it has already metered. Sequence numbers are
 //! given when a batch is first sent, after registering, and start after the highest the
-//! scheduler reports having accepted, so a restarted agent's batches are not taken for replays.
+//! scheduler reports having accepted (and after any a restarted agent finds in its on-disk
+//! buffer), so a restarted agent's new batches are not taken for replays.
 //!
-//! The buffer is bounded ([`MAX_BUFFERED_BATCHES`]); when it is full the oldest batch is
-//! dropped (logged, counted). Since the scheduler meters energy from counter deltas, a dropped
-//! batch loses time resolution, not energy: the next delivered sample's delta covers the gap.
-//!
-//! Layout: [`Sampler`] reads a source into batches (synchronous, so tests drive it with a
-//! manual clock); [`spawn_uplink`] delivers them; [`run`] wires both to the simulated source on
-//! a real interval for the `offpeak-agent` binary.
+//! Layout: [`spawn_uplink`] starts the task; [`Uplink::session`] is one connection.
 
-use std::collections::VecDeque;
-use std::future::Future;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use offpeak_proto::v1::agent_service_client::AgentServiceClient;
-use offpeak_proto::v1::{Device, RegisterRequest, Sample, SampleBatch};
+use offpeak_proto::v1::{Device, RegisterRequest, SampleBatch};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Channel, Endpoint};
-use tracing::{Instrument as _, debug, info, info_span, warn};
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
 
-use crate::clock::{Clock, MonotonicClock};
-use crate::sim::{PowerProfile, SimConfig, SimulatedSource};
-use crate::source::{DeviceInfo, PowerSource, Provenance, Reading, SourceError};
-
-/// The most batches kept while the scheduler is away: one hour at the default 1 s interval. A
-/// batch of 8 GPUs is about 1 KiB in memory, so the buffer stays under 4 MiB, within the
-/// agent's 20 MiB budget (issue 4), and an hour covers a scheduler rollout or node drain.
-pub const MAX_BUFFERED_BATCHES: usize = 3_600;
+use crate::buffer::{BatchBuffer, BufferError, BufferLimits};
+use crate::source::SourceError;
 
 /// Batches per stream before it is closed to have them confirmed: one minute at 1 s, so a
 /// broken stream costs at most a minute of replay.
@@ -49,7 +36,7 @@ pub const DEFAULT_BATCHES_PER_STREAM: usize = 60;
 const INPUT_QUEUE: usize = 64;
 
 /// How long connecting may take before it counts as a failure and is retried.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Failure of the agent's client side; each variant is named after the operation that failed.
 #[derive(Debug, Error)]
@@ -62,8 +49,18 @@ pub enum ClientError {
     Register(#[source] tonic::Status),
     #[error("streaming samples: {0}")]
     StreamSamples(#[source] tonic::Status),
+    #[error("receiving commands: {0}")]
+    ReceiveCommands(#[source] tonic::Status),
+    #[error("reporting a command acknowledgement: {0}")]
+    ReportAck(#[source] tonic::Status),
     #[error("starting the power source: {0}")]
     StartSource(#[source] SourceError),
+    #[error("opening the sample buffer: {0}")]
+    OpenBuffer(#[source] BufferError),
+    #[error("sending to the uplink: it stopped")]
+    UplinkStopped,
+    #[error("watching pod resources: {0}")]
+    WatchPods(String),
 }
 
 /// How the uplink reaches the scheduler and who it says it is.
@@ -77,8 +74,10 @@ pub struct UplinkConfig {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub batches_per_stream: usize,
-    /// At most this many batches are buffered; the oldest go first.
-    pub buffer_limit: usize,
+    /// How much is buffered at most; beyond it the oldest batches go first.
+    pub buffer_limits: BufferLimits,
+    /// Where the buffer lives on disk (surviving agent restarts); `None` keeps it in memory.
+    pub buffer_dir: Option<PathBuf>,
     /// After the sampler stops, how long the uplink keeps trying to deliver what is buffered.
     pub flush_timeout: Duration,
 }
@@ -86,8 +85,9 @@ pub struct UplinkConfig {
 impl UplinkConfig {
     /// Defaults for everything but the address and identity: backoff from 100 ms to 30 s (a
     /// restarting scheduler is back in seconds; 30 s keeps a fleet of agents from hammering
-    /// one that is not), [`DEFAULT_BATCHES_PER_STREAM`], [`MAX_BUFFERED_BATCHES`], and 10 s to
-    /// flush on shutdown (well inside Kubernetes' default 30 s termination grace period).
+    /// one that is not), [`DEFAULT_BATCHES_PER_STREAM`], the default [`BufferLimits`] in
+    /// memory, and 10 s to flush on shutdown (well inside Kubernetes' default 30 s
+    /// termination grace period).
     pub fn new(
         scheduler: impl Into<String>,
         node: impl Into<String>,
@@ -100,9 +100,20 @@ impl UplinkConfig {
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
             batches_per_stream: DEFAULT_BATCHES_PER_STREAM,
-            buffer_limit: MAX_BUFFERED_BATCHES,
+            buffer_limits: BufferLimits::default(),
+            buffer_dir: None,
             flush_timeout: Duration::from_secs(10),
         }
+    }
+
+    /// The gRPC endpoint, with the connect timeout.
+    pub(crate) fn endpoint(&self) -> Result<Endpoint, ClientError> {
+        Ok(Endpoint::from_shared(self.scheduler.clone())
+            .map_err(|e| ClientError::ParseSchedulerUri {
+                uri: self.scheduler.clone(),
+                reason: e.to_string(),
+            })?
+            .connect_timeout(CONNECT_TIMEOUT))
     }
 }
 
@@ -111,121 +122,43 @@ impl UplinkConfig {
 pub struct UplinkReport {
     /// Batches the scheduler confirmed.
     pub confirmed: u64,
-    /// Batches dropped because the buffer was full.
+    /// Batches dropped because the buffer was full, or lost to an unreadable buffer file.
     pub dropped: u64,
-    /// Batches still buffered when the uplink gave up flushing.
+    /// Batches still buffered when the uplink gave up flushing (on disk, they are replayed by
+    /// the next run).
     pub unsent: u64,
     /// Streams that broke (or could not be opened) and were retried.
     pub reconnects: u64,
 }
 
-/// Reads every device of a source into the samples of one batch.
-#[derive(Debug)]
-pub struct Sampler<S> {
-    source: S,
-    /// Unix time, in ms, of the source clock's origin: readings carry clock time.
-    unix_origin_ms: i64,
-}
-
-impl<S: PowerSource> Sampler<S> {
-    /// `unix_origin_ms` is the Unix time of the source clock's zero.
-    pub fn new(source: S, unix_origin_ms: i64) -> Self {
-        Self {
-            source,
-            unix_origin_ms,
-        }
-    }
-
-    /// The source, e.g. to read its counters in a test.
-    pub fn source_mut(&mut self) -> &mut S {
-        &mut self.source
-    }
-
-    /// The inventory to register.
-    pub fn devices(&self) -> Vec<Device> {
-        self.source.devices().iter().map(to_device).collect()
-    }
-
-    /// Reads every device once. A device that fails to read is logged and left out; the
-    /// others' samples still go.
-    pub fn sample(&mut self) -> Vec<Sample> {
-        let origin = self.unix_origin_ms;
-        self.source
-            .read_all()
-            .into_iter()
-            .filter_map(|r| match r {
-                Ok(reading) => Some(to_sample(&reading, origin)),
-                Err(e) => {
-                    warn!(error = %e, "reading a device failed; its sample is left out");
-                    None
-                }
-            })
-            .collect()
-    }
-}
-
-fn to_device(d: &DeviceInfo) -> Device {
-    // Whole watts are what the wire carries; limits are set in whole watts too.
-    let watts = |w: f64| w.round().clamp(0.0, f64::from(u32::MAX)) as u32;
-    let range = d.power_limit;
-    Device {
-        uuid: d.uuid.clone(),
-        model: d.model.clone(),
-        min_power_limit_watts: range.map_or(0, |r| watts(r.min_watts)),
-        max_power_limit_watts: range.map_or(0, |r| watts(r.max_watts)),
-        default_power_limit_watts: range.map_or(0, |r| watts(r.default_watts)),
-    }
-}
-
-fn to_sample(r: &Reading, unix_origin_ms: i64) -> Sample {
-    let at_ms = i64::try_from(r.at.as_millis()).unwrap_or(i64::MAX);
-    Sample {
-        device_uuid: r.device_uuid.clone(),
-        time_unix_ms: unix_origin_ms.saturating_add(at_ms),
-        power_watts: r.power_watts,
-        energy_mj: r.energy_mj,
-        // Percent, as the sources report it.
-        utilization: r.utilisation_percent.map_or(0.0, f64::from),
-        sm_clock_mhz: r.sm_clock_mhz.unwrap_or(0),
-        pod: None,
-        // The wire has one flag for "not read from hardware"; simulated figures must not pass
-        // for measured ones either.
-        estimated: r.power_provenance != Provenance::Measured
-            || r.energy_provenance != Provenance::Measured,
-    }
-}
-
-/// A buffered batch; its sequence is given when it is first sent.
-#[derive(Debug)]
-struct Pending {
-    sequence: Option<u64>,
-    samples: Vec<Sample>,
-}
-
-/// Starts the uplink task. Send each batch's samples into the returned sender; drop it to stop
-/// the uplink, which then flushes (up to `flush_timeout`) and returns its report.
+/// Starts the uplink task. Send each batch (samples and curves; `agent_id` and `sequence` are
+/// filled in here) into the returned sender; drop it to stop the uplink, which then flushes
+/// (up to `flush_timeout`) and returns its report.
 pub fn spawn_uplink(
     config: UplinkConfig,
     devices: Vec<Device>,
-) -> Result<(mpsc::Sender<Vec<Sample>>, JoinHandle<UplinkReport>), ClientError> {
-    let endpoint = Endpoint::from_shared(config.scheduler.clone())
-        .map_err(|e| ClientError::ParseSchedulerUri {
-            uri: config.scheduler.clone(),
-            reason: e.to_string(),
-        })?
-        .connect_timeout(CONNECT_TIMEOUT);
+) -> Result<(mpsc::Sender<SampleBatch>, JoinHandle<UplinkReport>), ClientError> {
+    let endpoint = config.endpoint()?;
+    let buffer = match &config.buffer_dir {
+        Some(dir) => {
+            BatchBuffer::open(dir, config.buffer_limits)
+                .map_err(ClientError::OpenBuffer)?
+                .0
+        }
+        None => BatchBuffer::in_memory(config.buffer_limits),
+    };
     let (tx, rx) = mpsc::channel(INPUT_QUEUE);
     let span = info_span!("uplink", node = %config.node, scheduler = %config.scheduler);
     let uplink = Uplink {
         backoff: config.backoff_initial,
+        next_sequence: buffer.last_sequence().map_or(1, |s| s + 1),
         config,
         endpoint,
         devices,
         input: rx,
         input_closed: false,
         flush_deadline: None,
-        buffer: VecDeque::new(),
-        next_sequence: 1,
+        buffer,
         report: UplinkReport::default(),
     };
     Ok((tx, tokio::spawn(uplink.run().instrument(span))))
@@ -236,11 +169,11 @@ struct Uplink {
     config: UplinkConfig,
     endpoint: Endpoint,
     devices: Vec<Device>,
-    input: mpsc::Receiver<Vec<Sample>>,
+    input: mpsc::Receiver<SampleBatch>,
     input_closed: bool,
     /// Set when the input closes: the time the uplink stops trying to flush.
     flush_deadline: Option<tokio::time::Instant>,
-    buffer: VecDeque<Pending>,
+    buffer: BatchBuffer,
     next_sequence: u64,
     backoff: Duration,
     report: UplinkReport,
@@ -269,30 +202,27 @@ impl Uplink {
             }
         }
         self.report.unsent = self.buffer.len() as u64;
+        self.report.dropped += self.buffer.dropped();
         info!(report = ?self.report, "uplink stopped");
         self.report
     }
 
-    /// Buffers a batch, dropping the oldest when full.
-    fn push(&mut self, samples: Vec<Sample>) {
-        if self.buffer.len() >= self.config.buffer_limit.max(1) {
-            self.buffer.pop_front();
+    /// Buffers a batch (with its sequence, or 0 for none yet). A batch the buffer cannot keep
+    /// (a disk error) is logged as lost: its energy is still in later counters.
+    fn push(&mut self, batch: SampleBatch) {
+        if let Err(e) = self.buffer.push(batch) {
+            error!(error = %e, "buffering a batch failed; it is lost (its energy is still in later counters)");
             self.report.dropped += 1;
-            warn!(
-                limit = self.config.buffer_limit,
-                "buffer full: dropped the oldest batch (its energy is still in later counters)"
-            );
         }
-        self.buffer.push_back(Pending {
-            sequence: None,
-            samples,
-        });
     }
 
     /// Takes one input message (or notes that the input closed).
-    fn accept_input(&mut self, input: Option<Vec<Sample>>) {
+    fn accept_input(&mut self, input: Option<SampleBatch>) {
         match input {
-            Some(samples) => self.push(samples),
+            Some(batch) => self.push(SampleBatch {
+                sequence: 0,
+                ..batch
+            }),
             None => self.close_input(),
         }
     }
@@ -323,20 +253,33 @@ impl Uplink {
         }
     }
 
-    fn batch_of(&mut self, index: usize, agent_id: &str) -> Option<SampleBatch> {
-        let next = &mut self.next_sequence;
-        let pending = self.buffer.get_mut(index)?;
-        let sequence = *pending.sequence.get_or_insert_with(|| {
-            let s = *next;
-            *next += 1;
-            s
-        });
-        Some(SampleBatch {
-            agent_id: agent_id.to_owned(),
-            sequence,
-            samples: pending.samples.clone(),
-            curves: vec![],
-        })
+    /// The buffered batch at `position`, given a sequence if it had none. A batch that cannot
+    /// be read back is logged, counted as lost and removed.
+    fn replay_batch(&mut self, position: usize, agent_id: &str) -> Option<SampleBatch> {
+        let sequence = match self.buffer.sequence(position) {
+            Some(s) => s,
+            None => {
+                let s = self.next_sequence;
+                if let Err(e) = self.buffer.assign(position, s) {
+                    error!(error = %e, "numbering a buffered batch failed; sending it anyway");
+                }
+                self.next_sequence += 1;
+                s
+            }
+        };
+        match self.buffer.get(position) {
+            Ok(Some(batch)) => Some(SampleBatch {
+                agent_id: agent_id.to_owned(),
+                sequence,
+                ..batch
+            }),
+            Ok(None) => None,
+            Err(e) => {
+                error!(error = %e, "a buffered batch cannot be read back; it is lost");
+                self.report.dropped += 1;
+                None
+            }
+        }
     }
 
     /// One connection: register, replay the buffer, send new batches, close the stream after
@@ -361,7 +304,8 @@ impl Uplink {
             .next_sequence
             .max(registered.last_sequence.saturating_add(1));
         self.backoff = self.config.backoff_initial;
-        debug!(agent_id = %registered.agent_id, last_sequence = registered.last_sequence, buffered = self.buffer.len(), "registered");
+        let agent_id = registered.agent_id;
+        debug!(%agent_id, last_sequence = registered.last_sequence, buffered = self.buffer.len(), "registered");
 
         let (stream_tx, stream_rx) = mpsc::unbounded_channel();
         let call = client.stream_samples(UnboundedReceiverStream::new(stream_rx));
@@ -369,8 +313,8 @@ impl Uplink {
         let mut last_sent = None;
         let mut in_stream = 0;
         // Replay first, in order, then what arrives.
-        for index in 0..self.buffer.len() {
-            if let Some(batch) = self.batch_of(index, &registered.agent_id) {
+        for position in 0..self.buffer.len() {
+            if let Some(batch) = self.replay_batch(position, &agent_id) {
                 last_sent = Some(batch.sequence);
                 in_stream += 1;
                 // A closed receiver means the call already ended; the select below sees why.
@@ -388,14 +332,17 @@ impl Uplink {
                     }));
                 }
                 input = self.input.recv() => match input {
-                    Some(samples) => {
-                        self.push(samples);
-                        let newest = self.buffer.len().saturating_sub(1);
-                        if let Some(batch) = self.batch_of(newest, &registered.agent_id) {
-                            last_sent = Some(batch.sequence);
-                            in_stream += 1;
-                            let _ = stream_tx.send(batch);
-                        }
+                    Some(batch) => {
+                        let batch = SampleBatch {
+                            agent_id: agent_id.clone(),
+                            sequence: self.next_sequence,
+                            ..batch
+                        };
+                        self.next_sequence += 1;
+                        last_sent = Some(batch.sequence);
+                        in_stream += 1;
+                        self.push(batch.clone());
+                        let _ = stream_tx.send(batch);
                     }
                     None => self.close_input(),
                 }
@@ -403,16 +350,14 @@ impl Uplink {
         }
         drop(stream_tx);
         let summary = call.await.map_err(ClientError::StreamSamples)?.into_inner();
-        let mut confirmed = 0;
-        while let Some(front) = self.buffer.front() {
-            match (front.sequence, last_sent) {
-                (Some(s), Some(last)) if s <= last => {
-                    self.buffer.pop_front();
-                    confirmed += 1;
-                }
-                _ => break,
-            }
-        }
+        let confirmed = match last_sent {
+            Some(last) => self.buffer.confirm_through(last).unwrap_or_else(|e| {
+                // The batches stay and are replayed; the scheduler skips them as duplicates.
+                error!(error = %e, "removing confirmed batches failed");
+                0
+            }),
+            None => 0,
+        };
         self.report.confirmed += confirmed;
         debug!(
             confirmed,
@@ -427,7 +372,7 @@ impl Uplink {
 
 /// An error with its causes, for logs: transport errors say little at the top ("transport
 /// error") and the reason ("connection refused") underneath.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut cause = e.source();
     while let Some(c) = cause {
@@ -441,116 +386,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-/// Where readings come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceKind {
-    /// Simulated GPUs playing a bundled Zeus profile.
-    Sim,
-}
-
-/// Which bundled profile the simulated source plays.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SimProfile {
-    V100,
-    A40,
-}
-
-/// Everything `offpeak-agent` needs.
-#[derive(Debug, Clone)]
-pub struct AgentConfig {
-    pub uplink: UplinkConfig,
-    pub source: SourceKind,
-    pub profile: SimProfile,
-    /// Simulated devices.
-    pub devices: usize,
-    /// Seeds the simulated noise (and the device UUIDs).
-    pub seed: u64,
-    /// Time between samples.
-    pub interval: Duration,
-}
-
-/// Samples the configured source every `interval` and streams to the scheduler until
-/// `shutdown` completes, then flushes and returns the uplink's report.
-pub async fn run(
-    config: AgentConfig,
-    shutdown: impl Future<Output = ()>,
-) -> Result<UplinkReport, ClientError> {
-    let span = info_span!("agent", node = %config.uplink.node, devices = config.devices);
-    async move {
-        let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
-        let SourceKind::Sim = config.source;
-        let profile = match config.profile {
-            SimProfile::V100 => PowerProfile::bundled_v100_resnet50(),
-            SimProfile::A40 => PowerProfile::bundled_a40_resnet50(),
-        }
-        .map_err(ClientError::StartSource)?;
-        let sim = SimConfig {
-            seed: config.seed,
-            ..SimConfig::default()
-        };
-        let source = SimulatedSource::new(Arc::clone(&clock), sim, profile, config.devices)
-            .map_err(ClientError::StartSource)?;
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        let origin_ms = now_ms - i64::try_from(clock.now().as_millis()).unwrap_or(0);
-        let mut sampler = Sampler::new(source, origin_ms);
-        let (tx, uplink) = spawn_uplink(config.uplink.clone(), sampler.devices())?;
-        let mut ticks = tokio::time::interval(config.interval);
-        // A late tick is sampled once, not caught up: the counter carries the energy anyway.
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tokio::pin!(shutdown);
-        info!(interval = ?config.interval, "sampling");
-        loop {
-            tokio::select! {
-                () = &mut shutdown => break,
-                _ = ticks.tick() => {
-                    if tx.send(sampler.sample()).await.is_err() {
-                        // The uplink only ends when we drop the sender, or if it panicked.
-                        warn!("the uplink stopped early");
-                        break;
-                    }
-                }
-            }
-        }
-        info!("stopping: flushing the buffer");
-        drop(tx);
-        Ok(uplink.await.unwrap_or_else(|e| {
-            warn!(error = %e, "the uplink task failed");
-            UplinkReport::default()
-        }))
-    }
-    .instrument(span)
-    .await
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::clock::ManualClock;
+    use offpeak_proto::v1::Sample;
 
-    #[test]
-    fn samples_carry_counters_unix_time_and_are_marked_not_measured() -> Result<(), SourceError> {
-        let clock = ManualClock::new();
-        let source = SimulatedSource::new(
-            Arc::new(clock.clone()),
-            SimConfig::flat(),
-            PowerProfile::bundled_v100_resnet50()?,
-            2,
-        )?;
-        let mut sampler = Sampler::new(source, 1_700_000_000_000);
-        assert_eq!(sampler.devices().len(), 2);
-        clock.advance(Duration::from_secs(2));
-        let samples = sampler.sample();
-        assert_eq!(samples.len(), 2);
-        assert_eq!(samples[0].time_unix_ms, 1_700_000_002_000);
-        assert!(samples[0].estimated);
-        // Flat draw for 2 s: the counter is twice the reported power, in mJ.
-        assert_eq!(
-            samples[0].energy_mj,
-            (samples[0].power_watts * 2_000.0).round() as u64
-        );
-        Ok(())
+    use super::*;
+
+    fn batch() -> SampleBatch {
+        SampleBatch {
+            samples: vec![Sample::default()],
+            ..SampleBatch::default()
+        }
     }
 
     #[tokio::test]
@@ -561,18 +407,44 @@ mod tests {
         let config = UplinkConfig {
             backoff_initial: Duration::from_millis(5),
             backoff_max: Duration::from_millis(20),
-            buffer_limit: 2,
+            buffer_limits: BufferLimits {
+                batches: 2,
+                bytes: u64::MAX,
+            },
             flush_timeout: Duration::from_millis(100),
             ..UplinkConfig::new("http://127.0.0.1:9", "n", "z")
         };
         let (tx, uplink) = spawn_uplink(config, vec![])?;
         for _ in 0..3 {
-            assert!(tx.send(vec![Sample::default()]).await.is_ok());
+            assert!(tx.send(batch()).await.is_ok());
         }
         drop(tx);
         let report = tokio::time::timeout(Duration::from_secs(10), uplink).await??;
         assert_eq!((report.dropped, report.unsent, report.confirmed), (1, 2, 0));
         assert!(report.reconnects >= 1);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_scheduler_leaves_batches_on_disk_for_the_next_run()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let config = UplinkConfig {
+            backoff_initial: Duration::from_millis(5),
+            backoff_max: Duration::from_millis(20),
+            buffer_dir: Some(dir.path().to_owned()),
+            flush_timeout: Duration::from_millis(50),
+            ..UplinkConfig::new("http://127.0.0.1:9", "n", "z")
+        };
+        let (tx, uplink) = spawn_uplink(config, vec![])?;
+        for _ in 0..4 {
+            assert!(tx.send(batch()).await.is_ok());
+        }
+        drop(tx);
+        let report = tokio::time::timeout(Duration::from_secs(10), uplink).await??;
+        assert_eq!(report.unsent, 4);
+        let (buffer, loaded) = BatchBuffer::open(dir.path(), BufferLimits::default())?;
+        assert_eq!((loaded.batches, buffer.len()), (4, 4));
         Ok(())
     }
 

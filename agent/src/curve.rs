@@ -5,9 +5,11 @@
 //!   averaged. Interpolation is linear between measured limits and refused outside them
 //!   (extrapolating a power curve past what was measured invents data).
 //! - [`CurveStore`]: one curve per (device model, workload).
+//! - [`CurveRecorder`]: builds the curves from a source's own readings, interval by interval;
 //! - [`LinearFit`]: draw against utilisation by ordinary least squares.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -212,6 +214,80 @@ impl CurveStore {
     }
 }
 
+/// The previous reading of a device, as far as curves need it.
+#[derive(Debug, Clone, Copy)]
+struct Mark {
+    at: Duration,
+    energy_mj: u64,
+    work_done: f64,
+    limit_watts: f64,
+}
+
+/// Builds power curves from readings: each interval between two readings of a device at the
+/// same power limit gives one point, its draw the counter's energy over the interval and its
+/// throughput the work done over it. Intervals with no work (a stalled job, a checkpoint
+/// write) say nothing about the limit and are skipped; so are readings from sources that do
+/// not report work done (curves then come from a profile run's job).
+#[derive(Debug, Default)]
+pub struct CurveRecorder {
+    marks: HashMap<String, Mark>,
+    store: CurveStore,
+}
+
+impl CurveRecorder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes one reading of a device of `device_model` running `workload`.
+    pub fn observe(&mut self, device_model: &str, workload: &str, reading: &Reading) {
+        let (Some(work_done), Some(limit_watts)) = (reading.work_done, reading.power_limit_watts)
+        else {
+            self.marks.remove(&reading.device_uuid);
+            return;
+        };
+        let mark = Mark {
+            at: reading.at,
+            energy_mj: reading.energy_mj,
+            work_done,
+            limit_watts,
+        };
+        let Some(previous) = self.marks.insert(reading.device_uuid.clone(), mark) else {
+            return;
+        };
+        let seconds = reading.at.saturating_sub(previous.at).as_secs_f64();
+        let work = work_done - previous.work_done;
+        if previous.limit_watts != limit_watts
+            || seconds <= 0.0
+            || reading.energy_mj < previous.energy_mj
+            || work.is_nan()
+            || work <= 0.0
+        {
+            return;
+        }
+        let joules = (reading.energy_mj - previous.energy_mj) as f64 / 1000.0;
+        let point = CurvePoint {
+            power_limit_watts: limit_watts,
+            throughput_per_s: work / seconds,
+            draw_watts: joules / seconds,
+        };
+        if let Err(e) = self.store.record(device_model, workload, point) {
+            tracing::debug!(error = %e, device = %reading.device_uuid, "interval left out of the curve");
+        }
+    }
+
+    /// Forgets a device's previous reading: its limit just changed, so the interval up to the
+    /// next reading ran partly at the old one.
+    pub fn forget(&mut self, device_uuid: &str) {
+        self.marks.remove(device_uuid);
+    }
+
+    /// The curves so far.
+    pub fn store(&self) -> &CurveStore {
+        &self.store
+    }
+}
+
 /// Draw against utilisation: `draw_watts = intercept_watts + slope_watts_per_percent × util`.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LinearFit {
@@ -391,6 +467,48 @@ mod tests {
         assert_eq!(store.get("A40", "bert"), None);
         assert_eq!(store.iter().count(), 3);
         Ok(())
+    }
+
+    fn reading(at_s: u64, energy_mj: u64, work_done: Option<f64>, limit: f64) -> Reading {
+        Reading {
+            device_uuid: "GPU-0".into(),
+            at: Duration::from_secs(at_s),
+            power_watts: 0.0,
+            power_provenance: crate::source::Provenance::Simulated,
+            energy_mj,
+            energy_provenance: crate::source::Provenance::Simulated,
+            utilisation_percent: None,
+            memory_utilisation_percent: None,
+            sm_clock_mhz: None,
+            memory_clock_mhz: None,
+            power_limit_watts: Some(limit),
+            work_done,
+        }
+    }
+
+    #[test]
+    fn recorder_turns_intervals_at_one_limit_into_points() {
+        let mut r = CurveRecorder::new();
+        r.observe("V100", "w", &reading(0, 0, Some(0.0), 200.0));
+        // 2 s, 400 J, 4 units: 200 W, 2 units/s.
+        r.observe("V100", "w", &reading(2, 400_000, Some(4.0), 200.0));
+        // The limit changed: this interval is not taken.
+        r.observe("V100", "w", &reading(3, 500_000, Some(5.0), 150.0));
+        // No work done (a checkpoint): skipped.
+        r.observe("V100", "w", &reading(4, 560_000, Some(5.0), 150.0));
+        // 1 s, 120 J, 1.5 units.
+        r.observe("V100", "w", &reading(5, 680_000, Some(6.5), 150.0));
+        r.forget("GPU-0");
+        r.observe("V100", "w", &reading(9, 999_000, Some(9.0), 150.0));
+        // A source without work done gives no points.
+        r.observe("V100", "w", &reading(10, 1_100_000, None, 150.0));
+        r.observe("V100", "w", &reading(11, 1_200_000, None, 150.0));
+        let points: Vec<CurvePoint> = r
+            .store()
+            .get("V100", "w")
+            .map(|c| c.points().collect())
+            .unwrap_or_default();
+        assert_eq!(points, vec![pt(150.0, 1.5, 120.0), pt(200.0, 2.0, 200.0)]);
     }
 
     #[test]

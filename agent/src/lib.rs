@@ -10,19 +10,33 @@
 //! - [`sim`]: a simulated source playing a measured Zeus power-limit sweep (`data/`);
 //! - [`rapl`]: CPU package and DRAM energy from the Linux powercap sysfs tree;
 //! - [`nvml`]: NVIDIA GPUs through NVML, loaded at run time;
-//! - [`curve`]: power curves per (device model, workload), and draw against utilisation;
-//! - [`client`]: sampling a source and streaming to the scheduler over gRPC, with a bounded
-//!   buffer, reconnects with backoff and in-order replay; [`client::run`] is what the
+//! - [`curve`]: power curves per (device model, workload), built from readings, and draw
+//!   against utilisation;
+//! - [`sampler`]: a source's readings into wire samples (with the pod using each device) and
+//!   curves;
+//! - [`podresources`]: GPU → pod attribution from the kubelet's pod-resources API;
+//! - [`buffer`]: the bounded buffer of unconfirmed batches, in memory or on disk;
+//! - [`client`]: the uplink streaming batches to the scheduler, with reconnects, backoff and
+//!   in-order replay;
+//! - [`commands`]: the command link bringing power-limit commands down and acknowledgements
+//!   back;
+//! - [`enforce`]: applying power limits within each device's range and restoring defaults;
+//! - [`runtime`]: the [`runtime::Agent`] tying these together, and [`runtime::run`], what the
 //!   `offpeak-agent` binary (`src/main.rs`) calls.
 //!
-//! Not here yet (issue 4): curve reporting over the wire, power-limit commands, GPU→pod
-//! attribution, TPU sources, the NVML and RAPL sources in the binary, and an on-disk buffer.
+//! Not here yet (issue 4): TPU sources.
 
+pub mod buffer;
 pub mod client;
 pub mod clock;
+pub mod commands;
 pub mod curve;
+pub mod enforce;
 pub mod nvml;
+pub mod podresources;
 pub mod rapl;
+pub mod runtime;
+pub mod sampler;
 pub mod sim;
 pub mod source;
 

@@ -1,16 +1,22 @@
-//! `offpeak-agent`: parses the command line, then samples and streams until ctrl-c.
+//! `offpeak-agent`: parses the command line, then samples, streams and applies power limits
+//! until ctrl-c, when it restores default limits and flushes its buffer.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, ValueEnum};
-use offpeak_agent::client::{self, AgentConfig, SimProfile, SourceKind, UplinkConfig};
+use offpeak_agent::client::UplinkConfig;
+use offpeak_agent::rapl::DEFAULT_POWERCAP_ROOT;
+use offpeak_agent::runtime::{self, AgentConfig, SimProfile, SourceKind};
 
-/// offpeak node agent: measures accelerator power and streams it to the scheduler.
+/// offpeak node agent: measures accelerator power, streams it to the scheduler and applies the
+/// power limits it commands.
 #[derive(Debug, Parser)]
 #[command(name = "offpeak-agent", version, about)]
 struct Args {
-    /// Where readings come from (only the simulator so far).
+    /// Where readings come from: simulated GPUs, NVIDIA GPUs (NVML), or CPU package and DRAM
+    /// energy (RAPL).
     #[arg(long, env = "OFFPEAK_AGENT_SOURCE", value_enum, default_value = "sim")]
     source: Source,
     /// The scheduler's gRPC address.
@@ -26,10 +32,10 @@ struct Args {
     /// The electricity zone the node draws from (e.g. DE-LU).
     #[arg(long, env = "OFFPEAK_ZONE", default_value = "unknown")]
     zone: String,
-    /// Simulated devices.
+    /// Simulated devices (--source sim).
     #[arg(long, env = "OFFPEAK_AGENT_DEVICES", default_value_t = 8)]
     devices: usize,
-    /// The measured profile the simulated devices play.
+    /// The measured profile the simulated devices play (--source sim).
     #[arg(
         long,
         env = "OFFPEAK_AGENT_PROFILE",
@@ -43,11 +49,28 @@ struct Args {
     /// Milliseconds between samples.
     #[arg(long, env = "OFFPEAK_AGENT_INTERVAL_MS", default_value_t = 1000)]
     interval_ms: u64,
+    /// Keep unconfirmed batches in this directory, so they survive an agent restart (bounded:
+    /// one hour of batches at 1 s, 16 MiB). Without it they are kept in memory.
+    #[arg(long, env = "OFFPEAK_AGENT_BUFFER_DIR")]
+    buffer_dir: Option<PathBuf>,
+    /// The powercap sysfs root (--source rapl).
+    #[arg(long, env = "OFFPEAK_AGENT_POWERCAP_ROOT", default_value = DEFAULT_POWERCAP_ROOT)]
+    powercap_root: PathBuf,
+    /// Load NVML from this file instead of the loader path (--source nvml).
+    #[arg(long, env = "OFFPEAK_AGENT_NVML_LIBRARY")]
+    nvml_library: Option<PathBuf>,
+    /// The kubelet's pod-resources socket, for GPU → pod attribution (in Kubernetes:
+    /// /var/lib/kubelet/pod-resources/kubelet.sock, mounted from the host). Without it samples
+    /// name no pod.
+    #[arg(long, env = "OFFPEAK_AGENT_POD_RESOURCES_SOCKET")]
+    pod_resources_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Source {
     Sim,
+    Nvml,
+    Rapl,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -64,29 +87,49 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     anyhow::ensure!(args.interval_ms > 0, "--interval-ms must be above zero");
-    let config = AgentConfig {
-        uplink: UplinkConfig::new(args.scheduler, args.node, args.zone),
-        source: match args.source {
-            Source::Sim => SourceKind::Sim,
+    let source = match args.source {
+        Source::Sim => SourceKind::Sim {
+            profile: match args.profile {
+                Profile::V100 => SimProfile::V100,
+                Profile::A40 => SimProfile::A40,
+            },
+            devices: args.devices,
+            seed: args.seed,
         },
-        profile: match args.profile {
-            Profile::V100 => SimProfile::V100,
-            Profile::A40 => SimProfile::A40,
+        Source::Nvml => SourceKind::Nvml {
+            library: args.nvml_library,
         },
-        devices: args.devices,
-        seed: args.seed,
-        interval: Duration::from_millis(args.interval_ms),
+        Source::Rapl => SourceKind::Rapl {
+            root: args.powercap_root,
+        },
     };
-    let report = client::run(config, async {
+    let config = AgentConfig {
+        uplink: UplinkConfig {
+            buffer_dir: args.buffer_dir,
+            ..UplinkConfig::new(args.scheduler, args.node, args.zone)
+        },
+        source,
+        interval: Duration::from_millis(args.interval_ms),
+        pod_resources: args.pod_resources_socket,
+    };
+    let stopped = runtime::run(config, async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %e, "cannot listen for ctrl-c; stopping");
         }
     })
     .await
     .context("running the agent")?;
+    let u = &stopped.uplink;
     eprintln!(
-        "confirmed {} batches, dropped {}, unsent {}, reconnects {}",
-        report.confirmed, report.dropped, report.unsent, report.reconnects
+        "confirmed {} batches, dropped {}, unsent {}, reconnects {}; commands applied {}, \
+         failed {}; limits restored {}",
+        u.confirmed,
+        u.dropped,
+        u.unsent,
+        u.reconnects,
+        stopped.commands_applied,
+        stopped.commands_failed,
+        stopped.restored.len()
     );
     Ok(())
 }

@@ -17,7 +17,7 @@ use nvml_wrapper::error::NvmlError;
 use crate::clock::Clock;
 use crate::source::{
     DeviceInfo, DeviceKind, PowerLimitRange, PowerSource, Provenance, ReadFailure, Reading,
-    SetLimitFailure, SourceError,
+    SetLimitFailure, SourceError, epoch_now,
 };
 
 /// NVML reports power and power limits in milliwatts.
@@ -38,6 +38,19 @@ pub struct NvmlSource {
     clock: Arc<dyn Clock>,
     devices: Vec<DeviceInfo>,
     integrators: Vec<Integrator>,
+    /// See [`PowerSource::counter_epoch`].
+    epoch: u64,
+}
+
+/// Where Linux publishes a random id that changes at every boot.
+const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
+
+/// NVML's total-energy counter runs from the driver's load, which (on a GPU node) is at boot:
+/// the boot id names that run. The id is a UUID; its first 64 bits are random enough.
+fn boot_epoch() -> Option<u64> {
+    let text = std::fs::read_to_string(BOOT_ID_PATH).ok()?;
+    let hex: String = text.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+    u64::from_str_radix(&hex, 16).ok().filter(|&e| e != 0)
 }
 
 /// What an NVML initialisation error means for someone running the agent.
@@ -104,6 +117,7 @@ impl NvmlSource {
             .device_count()
             .map_err(|e| init("counting devices", e))?;
         let mut devices = Vec::new();
+        let mut all_have_counters = true;
         for index in 0..count {
             let device = nvml
                 .device_by_index(index)
@@ -114,6 +128,7 @@ impl NvmlSource {
             let model = device
                 .name()
                 .map_err(|e| init("reading a device name", e))?;
+            all_have_counters &= device.total_energy_consumption().is_ok();
             // Some GPUs (and most MIG and consumer setups) do not expose limit control.
             let power_limit = match (
                 device.power_management_limit_constraints(),
@@ -140,11 +155,18 @@ impl NvmlSource {
             };
             devices.len()
         ];
+        // Counters integrated by the agent start from zero with the source, so a restarted
+        // agent starts a new epoch; hardware counters keep theirs until the next boot.
+        let epoch = match all_have_counters {
+            true => boot_epoch().unwrap_or_else(epoch_now),
+            false => epoch_now(),
+        };
         Ok(Self {
             nvml,
             clock,
             devices,
             integrators,
+            epoch,
         })
     }
 
@@ -210,6 +232,7 @@ impl NvmlSource {
             memory_clock_mhz: optional(gpu.clock_info(NvmlClock::Memory), "memory clock")?,
             power_limit_watts: optional(gpu.power_management_limit(), "power limit")?
                 .map(milliwatts_to_watts),
+            work_done: None,
         })
     }
 }
@@ -217,6 +240,10 @@ impl NvmlSource {
 impl PowerSource for NvmlSource {
     fn devices(&self) -> &[DeviceInfo] {
         &self.devices
+    }
+
+    fn counter_epoch(&self) -> u64 {
+        self.epoch
     }
 
     fn read(&mut self, device: usize) -> Result<Reading, SourceError> {

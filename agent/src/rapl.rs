@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::clock::Clock;
 use crate::source::{
     DeviceInfo, DeviceKind, PowerSource, Provenance, ReadFailure, Reading, SetLimitFailure,
-    SourceError,
+    SourceError, epoch_now,
 };
 
 /// Where the kernel exposes powercap zones.
@@ -49,6 +49,8 @@ pub struct RaplSource {
     clock: Arc<dyn Clock>,
     devices: Vec<DeviceInfo>,
     zones: Vec<Zone>,
+    /// The unwrapped totals start from zero with the source.
+    epoch: u64,
 }
 
 /// The numeric path of a zone directory name: `intel-rapl:0:1` → `[0, 1]`.
@@ -140,6 +142,7 @@ impl RaplSource {
             clock,
             devices,
             zones,
+            epoch: epoch_now(),
         })
     }
 }
@@ -189,6 +192,10 @@ impl PowerSource for RaplSource {
         &self.devices
     }
 
+    fn counter_epoch(&self) -> u64 {
+        self.epoch
+    }
+
     /// Power is the average since the previous reading (the first reading: since the source
     /// was created); a reading at the same instant as the previous one repeats its power.
     fn read(&mut self, device: usize) -> Result<Reading, SourceError> {
@@ -218,6 +225,7 @@ impl PowerSource for RaplSource {
             sm_clock_mhz: None,
             memory_clock_mhz: None,
             power_limit_watts: None,
+            work_done: None,
         })
     }
 

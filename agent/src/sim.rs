@@ -17,7 +17,7 @@ use crate::clock::Clock;
 use crate::curve::{CurvePoint, PowerCurve};
 use crate::source::{
     DeviceInfo, DeviceKind, PowerLimitRange, PowerSource, Provenance, ReadFailure, Reading,
-    SetLimitFailure, SourceError,
+    SetLimitFailure, SourceError, epoch_now,
 };
 
 /// The Zeus V100 sweep (Apache-2.0, ml-energy/zeus; see `agent/data/README.md`).
@@ -272,6 +272,8 @@ pub struct SimulatedSource {
     start: Duration,
     devices: Vec<DeviceInfo>,
     gpus: Vec<SimGpu>,
+    /// The counters start from zero with the source: see [`PowerSource::counter_epoch`].
+    epoch: u64,
 }
 
 impl SimulatedSource {
@@ -337,6 +339,7 @@ impl SimulatedSource {
             start,
             devices,
             gpus,
+            epoch: epoch_now(),
         })
     }
 
@@ -458,6 +461,16 @@ impl PowerSource for SimulatedSource {
         &self.devices
     }
 
+    fn workload(&self, device: usize) -> Option<&str> {
+        self.devices
+            .get(device)
+            .map(|_| self.profile.workload.as_str())
+    }
+
+    fn counter_epoch(&self) -> u64 {
+        self.epoch
+    }
+
     fn read(&mut self, device: usize) -> Result<Reading, SourceError> {
         let now = self.clock.now();
         let job_time = now.saturating_sub(self.start);
@@ -495,6 +508,7 @@ impl PowerSource for SimulatedSource {
             sm_clock_mhz: Some(sm_clock_mhz),
             memory_clock_mhz: Some(config.memory_clock_mhz),
             power_limit_watts: Some(gpu.limit_watts),
+            work_done: Some(gpu.work_units),
         })
     }
 

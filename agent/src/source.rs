@@ -81,6 +81,10 @@ pub struct Reading {
     pub memory_clock_mhz: Option<u32>,
     /// The power limit in force, where the device has one.
     pub power_limit_watts: Option<f64>,
+    /// Work done since the source started, in the workload's own unit (epochs, samples),
+    /// where the source knows it. Accelerators do not report it (the simulator does, and a
+    /// profile run's job would); with it the agent fits throughput against power limit.
+    pub work_done: Option<f64>,
 }
 
 /// Something that reads the power of the devices on this node and may set their limits.
@@ -103,6 +107,28 @@ pub trait PowerSource {
     fn device_index(&self, uuid: &str) -> Option<usize> {
         self.devices().iter().position(|d| d.uuid == uuid)
     }
+
+    /// The name of the workload running on a device, where the source knows it (curves are
+    /// kept per device model and workload).
+    fn workload(&self, _device: usize) -> Option<&str> {
+        None
+    }
+
+    /// Identifies the run of this source's energy counters (see `Sample.counter_epoch`): it
+    /// changes when the counters restart from zero, so the scheduler takes a new baseline
+    /// instead of reading a counter that went backwards. 0: unknown.
+    fn counter_epoch(&self) -> u64 {
+        0
+    }
+}
+
+/// A counter epoch for a source whose counters start from zero when it is created: the wall
+/// time of creation in nanoseconds, distinct between restarts of the agent.
+pub fn epoch_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+        .max(1)
 }
 
 /// Why reading a device failed.

@@ -8,9 +8,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::ledger;
+use crate::ledger::{self, LedgerLocation};
 use crate::planner::{Policy, PolicyKind};
-use crate::report::{self, ReportArgs};
+use crate::report::{self, ReportArgs, ReportFormat, WrittenReport};
 use crate::scenario::{self, Scenario};
 use crate::schedule::{self, Schedule};
 use crate::service::{self, ServeArgs};
@@ -32,8 +32,9 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Price and carbon signals from the configured providers.
     Signals(SignalsArgs),
-    /// Serve node agents over gRPC (registry, sample ingest, energy metering) with an admin
-    /// HTTP port (/healthz, /readyz, /metrics), until ctrl-c.
+    /// Serve node agents over gRPC (registry, sample ingest, energy metering) and, with
+    /// --placement-config, the placement API and its live planning cycle, with an admin HTTP
+    /// port (/healthz, /readyz, /metrics), until ctrl-c.
     Serve(ServeArgs),
     /// A month of the energy ledger for finance (CSV, FOCUS-shaped CSV or HTML).
     Report(ReportArgs),
@@ -59,22 +60,37 @@ pub struct SimulateArgs {
     /// Hide the progress bar.
     #[arg(long, env = "OFFPEAK_NO_PROGRESS")]
     pub no_progress: bool,
-    /// Also append the replay's metered energy to this SQLite ledger (for `offpeak report`);
-    /// replaying again adds nothing twice.
+    /// Also append the replay's metered energy to this ledger (for `offpeak report`): an
+    /// SQLite file or a `postgres://user:password@host:port/database` URL. Replaying again
+    /// adds nothing twice; the write is one transaction.
     #[arg(long, env = "OFFPEAK_LEDGER")]
-    pub ledger: Option<PathBuf>,
+    pub ledger: Option<LedgerLocation>,
+    /// Finance file (YAML): namespaces to teams and cost centres, monthly budgets.
+    #[arg(long, env = "OFFPEAK_FINANCE")]
+    pub finance: Option<PathBuf>,
+    /// IANA time zone of the month reports written beside the schedule.
+    #[arg(long, env = "OFFPEAK_REPORT_TIME_ZONE", default_value = "UTC")]
+    pub report_time_zone: String,
+    /// Do not write the month reports (CSV, FOCUS-shaped CSV, HTML) beside the schedule.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 /// Runs one command.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Simulate(args) => {
-            let summary = simulate(&args)?;
+            let (summary, reports) = simulate_with_reports(&args)?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
+                let mut json = serde_json::to_value(&summary)?;
+                if let Some(obj) = json.as_object_mut() {
+                    obj.insert("reports".into(), reports_json(&reports));
+                }
+                println!("{}", serde_json::to_string_pretty(&json)?);
             } else {
                 print!("{}", summary.table());
                 println!("schedule written to {}", args.out.display());
+                print!("{}", reports_text(&reports));
             }
             Ok(())
         }
@@ -102,8 +118,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-/// `offpeak simulate`: replays, writes the schedule, returns the summary.
+/// `offpeak simulate`: replays, writes the schedule (and the month reports), returns the
+/// summary.
 pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Summary> {
+    Ok(simulate_with_reports(args)?.0)
+}
+
+/// `offpeak simulate`: replays, writes the schedule, the ledger if asked and the month reports
+/// unless told not to; returns the summary and the reports written.
+pub fn simulate_with_reports(
+    args: &SimulateArgs,
+) -> anyhow::Result<(Summary, Vec<WrittenReport>)> {
     let started = Instant::now();
     let sc = match &args.scenario {
         Some(dir) => {
@@ -111,13 +136,27 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Summary> {
         }
         None => scenario::embedded::example().context("loading the built-in example scenario")?,
     };
+    // Start-up checks first: a typo in the finance file or time zone should not cost a replay.
+    let finance = match &args.finance {
+        Some(path) => report::finance::load(path)?,
+        None => report::Finance::default(),
+    };
+    let time_zone = report::parse_time_zone(&args.report_time_zone)?;
     let policy = args.policy.build();
     let replay = replay_with_progress(&sc, policy.as_ref(), !args.no_progress && !args.json)?;
     write_schedule(&args.out, &Schedule::from_replay(&sc, &replay))?;
-    if let Some(path) = &args.ledger {
-        ledger::write_replay(path, &sc, &replay)
-            .with_context(|| format!("writing the ledger {}", path.display()))?;
+    if let Some(location) = &args.ledger {
+        let mut store = location
+            .open()
+            .with_context(|| format!("opening the ledger {location}"))?;
+        ledger::write_replay(store.as_mut(), &sc, &replay, &finance.allocation)
+            .with_context(|| format!("writing the ledger {location}"))?;
     }
+    let reports = if args.no_report {
+        Vec::new()
+    } else {
+        write_reports(args, &sc, &replay, &finance, time_zone)?
+    };
     let result = PolicyFigures {
         policy: replay.policy.clone(),
         totals: schedule::totals(&sc, &replay),
@@ -131,14 +170,79 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Summary> {
             totals: schedule::totals(&sc, &base),
         })
     };
-    Ok(Summary::new(
+    let summary = Summary::new(
         sc.name.clone(),
         sc.currency.clone(),
         sc.jobs.len(),
         result,
         asap,
         started.elapsed().as_secs_f64(),
-    ))
+    );
+    Ok((summary, reports))
+}
+
+/// Writes the reports of every month the scenario touches beside the schedule
+/// (`schedule.json` -> `schedule-report-2023-03.html`, ...). They are built from a ledger of
+/// this replay alone (in memory), so their totals are the schedule's even when `--ledger`
+/// names a ledger that holds other runs too.
+fn write_reports(
+    args: &SimulateArgs,
+    sc: &Scenario,
+    replay: &Replay,
+    finance: &report::Finance,
+    time_zone: chrono_tz::Tz,
+) -> anyhow::Result<Vec<WrittenReport>> {
+    let mut store = ledger::SqliteLedger::open_in_memory()?;
+    ledger::write_replay(&mut store, sc, replay, &finance.allocation)?;
+    let months = report::months_between(sc.grid.instant(0), sc.grid.instant(sc.n_slots), time_zone);
+    let stem = args
+        .out
+        .file_stem()
+        .map_or_else(|| "schedule".into(), |s| s.to_string_lossy().into_owned());
+    let prefix = args.out.with_file_name(format!("{stem}-report"));
+    Ok(report::write_month_reports(
+        &store,
+        &months,
+        time_zone,
+        &finance.budgets,
+        &prefix,
+    )?)
+}
+
+/// The reports' lines of the summary table: where they are, and which to open.
+fn reports_text(reports: &[WrittenReport]) -> String {
+    let mut out = String::new();
+    for r in reports {
+        let what = match r.format {
+            ReportFormat::Html => "open in a browser",
+            ReportFormat::Csv => "CSV",
+            ReportFormat::Focus => "FOCUS-shaped CSV",
+        };
+        out.push_str(&format!(
+            "report {} ({what}): {}\n",
+            r.month,
+            r.path.display()
+        ));
+    }
+    out
+}
+
+fn reports_json(reports: &[WrittenReport]) -> serde_json::Value {
+    serde_json::Value::Array(
+        reports
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "month": r.month.to_string(),
+                    "format": r.format.name(),
+                    "path": r.path.display().to_string(),
+                    "cost": r.total.cost.to_f64(),
+                    "carbon_kg": r.total.carbon_kg.to_f64(),
+                    "kwh": r.total.facility_kwh.to_f64(),
+                })
+            })
+            .collect(),
+    )
 }
 
 fn replay_with_progress(sc: &Scenario, policy: &dyn Policy, show: bool) -> anyhow::Result<Replay> {

@@ -13,12 +13,15 @@
 //! - [`report`]: monthly reports from the ledger (CSV, FOCUS-shaped CSV, HTML) in a reporting
 //!   time zone;
 //! - [`validate`]: checks a schedule against every rule of the spec;
+//! - [`placement`]: the live planning cycle behind the gRPC placement API (jobs from the
+//!   operator, the same planner as the simulator, committed runs persisted);
 //! - [`service`]: `offpeak serve`: the gRPC service agents stream samples to (registry,
 //!   energy metering from counter deltas, replay de-duplication) and the admin HTTP port;
 //! - [`cli`]: the `offpeak` command line (the binary only parses and calls into it).
 
 pub mod cli;
 pub mod ledger;
+pub mod placement;
 pub mod planner;
 pub mod report;
 pub mod scenario;

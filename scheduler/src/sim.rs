@@ -8,6 +8,7 @@
 
 use thiserror::Error;
 
+use crate::planner::progress::{self as job_progress, check_start};
 use crate::planner::{Active, Pending, Policy, Snapshot, ZoneView};
 use crate::scenario::Scenario;
 use crate::units::Slot;
@@ -53,10 +54,6 @@ pub enum SimError {
     },
 }
 
-/// Work counted as done when within this many hours of the need: below the checker's 1e-4 h
-/// tolerance, above the planner's 5e-5 h rounding margin.
-const DONE_TOLERANCE_H: f64 = 7e-5;
-
 #[derive(Debug, Clone, PartialEq)]
 enum Status {
     Future,
@@ -95,8 +92,6 @@ pub fn simulate(
 ) -> Result<Replay, SimError> {
     let sc = scenario;
     let end = sc.n_slots;
-    let slot_h = sc.grid.slot_hours().0;
-    let overhead = sc.checkpoint_overhead.0;
     let mut order: Vec<usize> = (0..sc.jobs.len()).collect();
     order.sort_by(|&a, &b| {
         sc.jobs[a]
@@ -118,7 +113,12 @@ pub fn simulate(
     let mut queue: Vec<usize> = Vec::new();
     let mut next_arrival = 0usize;
     let mut decisions = 0usize;
-    let need = |j: usize, runs: usize| sc.jobs[j].work.0 + runs.saturating_sub(1) as f64 * overhead;
+    let need = |j: usize, runs: usize| {
+        job_progress::work_needed(sc.jobs[j].work, sc.checkpoint_overhead, runs)
+    };
+    let done = |j: usize, runs: usize, d: f64| {
+        job_progress::is_done(sc.jobs[j].work, sc.checkpoint_overhead, runs, d)
+    };
     let fail = |slot: Slot, reason: String| SimError::ApplyDecision {
         policy: policy.name().to_owned(),
         slot,
@@ -142,7 +142,7 @@ pub fn simulate(
                 && until <= t
             {
                 let s = &mut state[j];
-                if s.done + DONE_TOLERANCE_H >= need(j, s.runs.len()) {
+                if done(j, s.runs.len(), s.done) {
                     s.status = Status::Finished;
                 } else {
                     s.status = Status::Queued;
@@ -182,7 +182,6 @@ pub fn simulate(
             .map(|&j| {
                 let job = &sc.jobs[j];
                 let s = &state[j];
-                let work_left = need(j, s.runs.len() + 1) - s.done;
                 Pending {
                     gpus: job.gpus,
                     accelerator: job.accelerator,
@@ -191,7 +190,12 @@ pub fn simulate(
                     deadline: sc.deadline_slot(job),
                     preemptible: job.preemptible,
                     price_cap: job.price_cap,
-                    work_left: crate::units::Hours(work_left.max(0.0)),
+                    work_left: job_progress::work_left(
+                        job.work,
+                        sc.checkpoint_overhead,
+                        s.runs.len(),
+                        s.done,
+                    ),
                     runs_done: s.runs.len() as u32,
                 }
             })
@@ -237,56 +241,10 @@ pub fn simulate(
             }
             let j = queue[qi];
             let job = &sc.jobs[j];
-            let id = &job.id;
-            if s.end <= t || s.end > end {
-                return Err(fail(
-                    t,
-                    format!("job {id}: run end {} outside {}..={end}", s.end, t + 1),
-                ));
-            }
-            if sc.earliest_slot(job) > t {
-                return Err(fail(
-                    t,
-                    format!("job {id}: started before it was submitted"),
-                ));
-            }
-            let Some(pt) = sc.profiles[job.profile].points.get(s.point) else {
-                return Err(fail(
-                    t,
-                    format!("job {id}: no power-limit point {}", s.point),
-                ));
-            };
-            let gpus: u32 = s.nodes.iter().map(|n| n.1).sum();
-            if gpus != job.gpus {
-                return Err(fail(
-                    t,
-                    format!("job {id}: places {gpus} GPUs, needs {}", job.gpus),
-                ));
-            }
+            check_start(&snap, s, &node_used)
+                .map_err(|reason| fail(t, format!("job {}: {reason}", job.id)))?;
+            let pt = sc.profiles[job.profile].points[s.point];
             for &(n, g) in &s.nodes {
-                let node = sc
-                    .nodes
-                    .get(n)
-                    .ok_or_else(|| fail(t, format!("job {id}: unknown node {n}")))?;
-                if node.zone != s.zone || node.accelerator != job.accelerator {
-                    return Err(fail(
-                        t,
-                        format!(
-                            "job {id}: node {} is not a fitting node of the run's zone",
-                            node.name
-                        ),
-                    ));
-                }
-                if node_used[n] + g > node.gpus {
-                    return Err(fail(
-                        t,
-                        format!(
-                            "job {id}: node {} has {} GPUs free, asked for {g}",
-                            node.name,
-                            node.gpus - node_used[n]
-                        ),
-                    ));
-                }
                 node_used[n] += g;
                 active.push((
                     j,
@@ -297,15 +255,9 @@ pub fn simulate(
                     },
                 ));
             }
-            if !job.preemptible && !state[j].runs.is_empty() {
-                return Err(fail(
-                    t,
-                    format!("job {id}: a second run of a non-preemptible job"),
-                ));
-            }
             leaving[qi] = true;
             let st = &mut state[j];
-            st.done += f64::from(s.end - t) * slot_h * pt.throughput;
+            st.done += job_progress::run_work(t, s.end, sc.grid.slot_hours(), pt.throughput);
             st.runs.push(RunRecord {
                 start: t,
                 end: s.end,
@@ -332,7 +284,7 @@ pub fn simulate(
         .enumerate()
         .map(|(j, s)| match s.status {
             Status::Finished => Outcome::Done(s.runs),
-            Status::Running(until) if until <= end && s.done + DONE_TOLERANCE_H >= need(j, s.runs.len()) => Outcome::Done(s.runs),
+            Status::Running(until) if until <= end && done(j, s.runs.len(), s.done) => Outcome::Done(s.runs),
             Status::Rejected(reason) if s.runs.is_empty() => Outcome::Unscheduled(reason),
             Status::Rejected(reason) => Outcome::Unscheduled(format!("{reason} (after {} partial runs, which are not kept)", s.runs.len())),
             Status::Future | Status::Queued | Status::Running(_) => {

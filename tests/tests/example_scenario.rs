@@ -57,6 +57,9 @@ fn every_policy_gives_a_valid_priced_schedule_and_offpeak_wins() -> anyhow::Resu
             no_baseline: policy != PolicyKind::Offpeak,
             no_progress: true,
             ledger: None,
+            finance: None,
+            report_time_zone: "UTC".into(),
+            no_report: true,
         };
         let summary = simulate(&args)?;
         let schedule: Schedule = serde_json::from_str(&std::fs::read_to_string(&out)?)?;

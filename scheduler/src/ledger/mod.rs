@@ -5,9 +5,11 @@
 //! - [`record`]: [`LedgerRecord`] (one job, one zone, one interval) and [`MarketSlot`] (a
 //!   zone's price and intensity over one slot, for "price paid against the market"); amounts
 //!   are integer nano-units ([`Fixed`]), so every total is an exact integer sum;
-//! - [`store`]: the [`LedgerStore`] interface and its embedded SQLite backend
-//!   ([`SqliteLedger`], `rusqlite` with SQLite bundled), schema created by numbered migrations;
-//! - here: [`from_replay`], [`counterfactual_from_replay`] and [`market_from_scenario`], which
+//! - [`store`]: the [`LedgerStore`] interface (atomic [`Batch`] appends, interval queries,
+//!   exact totals) and [`LedgerLocation`], which opens either backend;
+//! - [`sqlite`] and [`postgres`]: the two backends, their schemas created by the same
+//!   numbered migrations;
+//! - here: [`Allocation`] (namespace to team and cost centre), [`from_replay`], [`counterfactual_from_replay`] and [`market_from_scenario`], which
 //!   turn a simulator replay into records (actual, and "full power as soon as submitted"), and
 //!   [`write_replay`], which stores them.
 //!
@@ -21,48 +23,71 @@
 //! the same records changes nothing. Corrections are new records (`corrects` names the one
 //! amended, their amounts are the difference), never updates.
 //!
-//! Not here yet (issue 6): the PostgreSQL backend, records from the agents' counter deltas,
-//! and named tariff periods (a record carries its slot's spot price only).
+//! Backends: [`SqliteLedger`] (a file, the default) and [`PostgresLedger`] (production),
+//! chosen by a [`LedgerLocation`] (a path, or a `postgres://` URL). Every append is one
+//! transaction, so a process killed mid-write leaves all of a batch or none of it, and
+//! writing the batch again adds exactly what is missing.
+//!
+//! Who pays: each record names its namespace's team and cost centre ([`Allocation`], from a
+//! mapping; [`UNASSIGNED`] without one) and the tariff period its price came from ([`SPOT`]
+//! for market prices, which is all a scenario's signals are).
+//!
+//! Not here yet: records from the agents' counter deltas, and named periods of tariff-priced
+//! zones (the column is there; the simulator's zones are priced at spot).
 
+pub mod postgres;
 pub mod record;
+pub mod sqlite;
 pub mod store;
 
-use std::path::Path;
+use std::collections::BTreeMap;
 
 use thiserror::Error;
 
-pub use record::{Amounts, Fixed, LedgerRecord, MarketSlot};
-pub use store::{LedgerStore, SqliteLedger};
+pub use postgres::PostgresLedger;
+pub use record::{Amounts, Fixed, LedgerRecord, MarketSlot, SPOT, UNASSIGNED};
+pub use sqlite::SqliteLedger;
+pub use store::{Appended, Batch, LedgerLocation, LedgerStore};
 
 use crate::planner::context::slots_needed;
 use crate::scenario::{Job, Scenario, Zone};
 use crate::sim::{Outcome, Replay};
 use crate::units::Slot;
 
+/// The database error under a [`LedgerError`].
+#[derive(Debug, Error)]
+pub enum BackendError {
+    #[error("SQLite")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("PostgreSQL")]
+    Postgres(#[from] ::postgres::Error),
+}
+
 /// A ledger operation that failed.
 #[derive(Debug, Error)]
 pub enum LedgerError {
-    #[error("opening ledger {path}")]
+    #[error("opening ledger {location}")]
     Open {
-        path: String,
+        /// The file, or the database URL without its password.
+        location: String,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
     #[error("applying ledger schema migration {version}")]
     Migrate {
         version: i64,
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
     #[error("appending to the ledger")]
     Append {
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
     #[error("querying the ledger")]
     Query {
         #[source]
-        source: rusqlite::Error,
+        source: BackendError,
     },
     #[error("reading ledger record {id}: field `{field}`: {reason}")]
     ReadRecord {
@@ -70,6 +95,31 @@ pub enum LedgerError {
         field: &'static str,
         reason: String,
     },
+}
+
+/// Who pays for a namespace's energy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub team: String,
+    pub cost_centre: String,
+}
+
+/// Namespaces mapped to their team and cost centre; a namespace it does not name is
+/// [`UNASSIGNED`] to both.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Allocation {
+    pub by_namespace: BTreeMap<String, Owner>,
+}
+
+impl Allocation {
+    /// The team and cost centre of `namespace`.
+    pub fn owner(&self, namespace: &str) -> (&str, &str) {
+        self.by_namespace
+            .get(namespace)
+            .map_or((UNASSIGNED, UNASSIGNED), |o| {
+                (o.team.as_str(), o.cost_centre.as_str())
+            })
+    }
 }
 
 /// The source name of a simulator replay's records.
@@ -88,8 +138,13 @@ pub fn record_id(source: &str, job: &str, start: &str) -> String {
 /// gpus × watts / 1000 × slot hours × PUE; cost = kWh × price / 1000; carbon = kWh × gCO2 /
 /// 1000), so the ledger's totals equal [`crate::schedule::totals`]. Runs of jobs the replay
 /// left unscheduled are not recorded, as `totals` does not price them either.
-pub fn from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerRecord> {
+pub fn from_replay(sc: &Scenario, replay: &Replay, alloc: &Allocation) -> Vec<LedgerRecord> {
     let source = replay_source(sc, replay);
+    let ctx = RecordContext {
+        sc,
+        source: &source,
+        alloc,
+    };
     let mut out = Vec::new();
     for (job, outcome) in sc.jobs.iter().zip(&replay.outcomes) {
         let Outcome::Done(runs) = outcome else {
@@ -99,50 +154,57 @@ pub fn from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerRecord> {
         for run in runs {
             let watts = profile.points[run.point].draw.0;
             out.extend(
-                (run.start..run.end)
-                    .map(|s| slot_record(sc, &source, job, &sc.zones[run.zone], s, watts)),
+                (run.start..run.end).map(|s| ctx.slot_record(job, &sc.zones[run.zone], s, watts)),
             );
         }
     }
     out
 }
 
-/// The record of `job` drawing `watts` per GPU in `zone` over slot `s`.
-fn slot_record(
-    sc: &Scenario,
-    source: &str,
-    job: &Job,
-    zone: &Zone,
-    s: Slot,
-    watts: f64,
-) -> LedgerRecord {
-    let slot_h = sc.grid.slot_hours().0;
-    let it_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h;
-    // The same expression and order as `price_run`, so the per-slot energy is bitwise the one
-    // the simulator's totals use.
-    let facility_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h * zone.pue;
-    let (price, carbon) = (zone.price[s as usize], zone.carbon[s as usize]);
-    LedgerRecord {
-        id: record_id(source, &job.id, &sc.grid.format(s)),
-        source: source.to_owned(),
-        namespace: job.namespace.clone(),
-        job: job.id.clone(),
-        zone: zone.name.clone(),
-        start: sc.grid.instant(s),
-        end: sc.grid.instant(s + 1),
-        gpus: job.gpus,
-        price,
-        carbon_intensity: carbon,
-        pue: zone.pue,
-        currency: sc.currency.clone(),
-        amounts: Amounts {
-            gpu_hours: Fixed::from_f64(f64::from(job.gpus) * slot_h),
-            it_kwh: Fixed::from_f64(it_kwh),
-            facility_kwh: Fixed::from_f64(facility_kwh),
-            cost: Fixed::from_f64(facility_kwh * price.0 / 1000.0),
-            carbon_kg: Fixed::from_f64(facility_kwh * carbon.0 / 1000.0),
-        },
-        corrects: None,
+/// What every record of one replay shares.
+struct RecordContext<'a> {
+    sc: &'a Scenario,
+    source: &'a str,
+    alloc: &'a Allocation,
+}
+
+impl RecordContext<'_> {
+    /// The record of `job` drawing `watts` per GPU in `zone` over slot `s`.
+    fn slot_record(&self, job: &Job, zone: &Zone, s: Slot, watts: f64) -> LedgerRecord {
+        let sc = self.sc;
+        let slot_h = sc.grid.slot_hours().0;
+        let it_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h;
+        // The same expression and order as `price_run`, so the per-slot energy is bitwise the
+        // one the simulator's totals use.
+        let facility_kwh = f64::from(job.gpus) * watts / 1000.0 * slot_h * zone.pue;
+        let (price, carbon) = (zone.price[s as usize], zone.carbon[s as usize]);
+        let (team, cost_centre) = self.alloc.owner(&job.namespace);
+        LedgerRecord {
+            id: record_id(self.source, &job.id, &sc.grid.format(s)),
+            source: self.source.to_owned(),
+            namespace: job.namespace.clone(),
+            team: team.to_owned(),
+            cost_centre: cost_centre.to_owned(),
+            job: job.id.clone(),
+            zone: zone.name.clone(),
+            // A scenario's zones are priced by their market signal, not a tariff.
+            tariff_period: SPOT.to_owned(),
+            start: sc.grid.instant(s),
+            end: sc.grid.instant(s + 1),
+            gpus: job.gpus,
+            price,
+            carbon_intensity: carbon,
+            pue: zone.pue,
+            currency: sc.currency.clone(),
+            amounts: Amounts {
+                gpu_hours: Fixed::from_f64(f64::from(job.gpus) * slot_h),
+                it_kwh: Fixed::from_f64(it_kwh),
+                facility_kwh: Fixed::from_f64(facility_kwh),
+                cost: Fixed::from_f64(facility_kwh * price.0 / 1000.0),
+                carbon_kg: Fixed::from_f64(facility_kwh * carbon.0 / 1000.0),
+            },
+            corrects: None,
+        }
     }
 }
 
@@ -156,8 +218,17 @@ pub fn counterfactual_source(sc: &Scenario, replay: &Replay) -> String {
 /// its first actual run, priced on the same signals with the same formulas. Capacity is not
 /// modelled (like the checker's `asap` reference), and a run that would pass the end of the
 /// signals is cut there. The report's saving is this minus the actual records.
-pub fn counterfactual_from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerRecord> {
+pub fn counterfactual_from_replay(
+    sc: &Scenario,
+    replay: &Replay,
+    alloc: &Allocation,
+) -> Vec<LedgerRecord> {
     let source = counterfactual_source(sc, replay);
+    let ctx = RecordContext {
+        sc,
+        source: &source,
+        alloc,
+    };
     let slot_h = sc.grid.slot_hours().0;
     let mut out = Vec::new();
     for (job, outcome) in sc.jobs.iter().zip(&replay.outcomes) {
@@ -175,8 +246,7 @@ pub fn counterfactual_from_replay(sc: &Scenario, replay: &Replay) -> Vec<LedgerR
             .saturating_add(u32::try_from(n).unwrap_or(u32::MAX))
             .min(sc.n_slots);
         out.extend(
-            (start..end)
-                .map(|s| slot_record(sc, &source, job, &sc.zones[first.zone], s, point.draw.0)),
+            (start..end).map(|s| ctx.slot_record(job, &sc.zones[first.zone], s, point.draw.0)),
         );
     }
     out
@@ -201,11 +271,21 @@ pub fn market_from_scenario(sc: &Scenario) -> Vec<MarketSlot> {
     out
 }
 
-/// Stores a replay's records, its counterfactual and the scenario's market slots in the SQLite ledger at `path`;
-/// returns how many records were new.
-pub fn write_replay(path: &Path, sc: &Scenario, replay: &Replay) -> Result<usize, LedgerError> {
-    let mut store = SqliteLedger::open(path)?;
-    store.append_market(&market_from_scenario(sc))?;
-    store.append_counterfactual(&counterfactual_from_replay(sc, replay))?;
-    store.append(&from_replay(sc, replay))
+/// Stores a replay's records, its counterfactual and the scenario's market slots in `store`,
+/// in one transaction; returns how many rows were new (none when the replay was stored
+/// before).
+pub fn write_replay(
+    store: &mut dyn LedgerStore,
+    sc: &Scenario,
+    replay: &Replay,
+    alloc: &Allocation,
+) -> Result<Appended, LedgerError> {
+    let market = market_from_scenario(sc);
+    let counterfactual = counterfactual_from_replay(sc, replay, alloc);
+    let records = from_replay(sc, replay, alloc);
+    store.append_batch(&Batch {
+        market: &market,
+        counterfactual: &counterfactual,
+        records: &records,
+    })
 }

@@ -176,6 +176,12 @@ impl Sub for Amounts {
     }
 }
 
+/// The team or cost centre of a namespace that no mapping assigns.
+pub const UNASSIGNED: &str = "unassigned";
+
+/// The tariff period of energy priced at a spot (day-ahead or real-time market) price.
+pub const SPOT: &str = "spot";
+
 /// Metered energy of one job in one zone over one interval, priced at that interval's price
 /// and carbon intensity. Records are never edited: a correction is a new record whose
 /// `corrects` names the record it amends and whose amounts are the difference.
@@ -187,8 +193,15 @@ pub struct LedgerRecord {
     /// Where the energy was metered (`sim/<scenario>/<policy>` for a simulator replay).
     pub source: String,
     pub namespace: String,
+    /// The team the namespace belongs to ([`UNASSIGNED`] when no mapping names one).
+    pub team: String,
+    /// The cost centre the namespace is charged to ([`UNASSIGNED`] when none is named).
+    pub cost_centre: String,
     pub job: String,
     pub zone: String,
+    /// The named period of the zone's tariff the interval fell in (`peak`, `off-peak`, ...),
+    /// or [`SPOT`] where the price is a market price rather than a tariff's.
+    pub tariff_period: String,
     /// Interval start (inclusive), UTC.
     pub start: DateTime<Utc>,
     /// Interval end (exclusive), UTC.

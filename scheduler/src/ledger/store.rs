@@ -1,30 +1,75 @@
-//! Where ledger records live: the [`LedgerStore`] interface and its embedded SQLite backend.
+//! The storage interface of the ledger, where a ledger lives, and opening it.
+//!
+//! Both backends keep the same schema, created by the same numbered migrations (each in its
+//! own dialect, see [`super::sqlite`] and [`super::postgres`]), and answer the same queries
+//! the same way, so the reports cannot tell them apart (the test-suite runs against both).
 
-use std::path::Path;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension as _, Row, params};
 
-use super::LedgerError;
-use super::record::{Amounts, Fixed, LedgerRecord, MarketSlot};
-use crate::units::{GramsPerKwh, PricePerMwh};
+use super::{Amounts, LedgerError, LedgerRecord, MarketSlot, PostgresLedger, SqliteLedger};
 
-/// Storage of an append-only ledger. A second backend (PostgreSQL) implements the same trait.
-pub trait LedgerStore {
-    /// Appends records; a record whose id is already stored is skipped (replay is idempotent).
-    /// All or none are written. Returns how many were new.
-    fn append(&mut self, records: &[LedgerRecord]) -> Result<usize, LedgerError>;
-    /// Appends counterfactual records (the same energy priced as if each job had run at full
-    /// power as soon as submitted), idempotently like [`LedgerStore::append`].
-    fn append_counterfactual(&mut self, records: &[LedgerRecord]) -> Result<usize, LedgerError>;
+/// What one [`LedgerStore::append_batch`] writes, all in one transaction.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Batch<'a> {
+    /// Market slots; one already stored for the same zone and start is skipped.
+    pub market: &'a [MarketSlot],
+    /// Counterfactual records (what the same jobs would have cost run at full power as soon
+    /// as submitted); one already stored under the same id is skipped.
+    pub counterfactual: &'a [LedgerRecord],
+    /// Metered records; one already stored under the same id is skipped.
+    pub records: &'a [LedgerRecord],
+}
+
+/// How many rows of a [`Batch`] were new.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Appended {
+    pub market: usize,
+    pub counterfactual: usize,
+    pub records: usize,
+}
+
+/// Append-only storage of ledger records.
+///
+/// Every append is one transaction: after a crash the ledger holds all of a batch or none of
+/// it, and because ids are deterministic, writing the batch again adds exactly what is missing.
+pub trait LedgerStore: Send + std::fmt::Debug {
+    /// Appends a whole batch atomically; returns how many rows of each kind were new.
+    fn append_batch(&mut self, batch: &Batch<'_>) -> Result<Appended, LedgerError>;
+    /// Appends records; a record whose id is already stored is skipped (idempotent replay).
+    /// Returns how many were new.
+    fn append(&mut self, records: &[LedgerRecord]) -> Result<usize, LedgerError> {
+        let batch = Batch {
+            records,
+            ..Batch::default()
+        };
+        Ok(self.append_batch(&batch)?.records)
+    }
+    /// Appends counterfactual records (kept apart from the metered ones).
+    fn append_counterfactual(&mut self, records: &[LedgerRecord]) -> Result<usize, LedgerError> {
+        let batch = Batch {
+            counterfactual: records,
+            ..Batch::default()
+        };
+        Ok(self.append_batch(&batch)?.counterfactual)
+    }
+    /// Stores market slots; one already stored for the same zone and start is skipped.
+    fn append_market(&mut self, slots: &[MarketSlot]) -> Result<usize, LedgerError> {
+        let batch = Batch {
+            market: slots,
+            ..Batch::default()
+        };
+        Ok(self.append_batch(&batch)?.market)
+    }
     /// Counterfactual records overlapping `[from, to)`, in start, then id order.
     fn counterfactual_between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<LedgerRecord>, LedgerError>;
-    /// Stores market slots; one already stored for the same zone and start is skipped.
-    fn append_market(&mut self, slots: &[MarketSlot]) -> Result<usize, LedgerError>;
     /// Records whose interval overlaps `[from, to)`, in start, then id order.
     fn records_between(
         &self,
@@ -41,407 +86,134 @@ pub trait LedgerStore {
     fn namespaces(&self) -> Result<Vec<String>, LedgerError>;
     /// Number of records and the exact sum of their amounts.
     fn totals(&self) -> Result<(usize, Amounts), LedgerError>;
-}
-
-/// Schema changes, applied in order, each once; `ledger_migrations` records which were.
-/// Never edit one that has shipped: add the next number.
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-        "CREATE TABLE ledger_records (
-        id TEXT PRIMARY KEY,
-        source TEXT NOT NULL,
-        namespace TEXT NOT NULL,
-        job TEXT NOT NULL,
-        zone TEXT NOT NULL,
-        start_utc TEXT NOT NULL,
-        end_utc TEXT NOT NULL,
-        gpus INTEGER NOT NULL,
-        price_per_mwh REAL NOT NULL,
-        carbon_g_per_kwh REAL NOT NULL,
-        pue REAL NOT NULL,
-        currency TEXT NOT NULL,
-        gpu_hours_nanos INTEGER NOT NULL,
-        it_kwh_nanos INTEGER NOT NULL,
-        facility_kwh_nanos INTEGER NOT NULL,
-        cost_nanos INTEGER NOT NULL,
-        carbon_kg_nanos INTEGER NOT NULL,
-        corrects TEXT REFERENCES ledger_records(id)
-    );
-    CREATE INDEX ledger_records_start ON ledger_records(start_utc);
-    CREATE TABLE ledger_market (
-        zone TEXT NOT NULL,
-        start_utc TEXT NOT NULL,
-        end_utc TEXT NOT NULL,
-        price_per_mwh REAL NOT NULL,
-        carbon_g_per_kwh REAL NOT NULL,
-        currency TEXT NOT NULL,
-        PRIMARY KEY (zone, start_utc)
-    );",
-    ),
-    (
-        2,
-        "CREATE TABLE ledger_counterfactual (
-        id TEXT PRIMARY KEY,
-        source TEXT NOT NULL,
-        namespace TEXT NOT NULL,
-        job TEXT NOT NULL,
-        zone TEXT NOT NULL,
-        start_utc TEXT NOT NULL,
-        end_utc TEXT NOT NULL,
-        gpus INTEGER NOT NULL,
-        price_per_mwh REAL NOT NULL,
-        carbon_g_per_kwh REAL NOT NULL,
-        pue REAL NOT NULL,
-        currency TEXT NOT NULL,
-        gpu_hours_nanos INTEGER NOT NULL,
-        it_kwh_nanos INTEGER NOT NULL,
-        facility_kwh_nanos INTEGER NOT NULL,
-        cost_nanos INTEGER NOT NULL,
-        carbon_kg_nanos INTEGER NOT NULL,
-        corrects TEXT
-    );
-    CREATE INDEX ledger_counterfactual_start ON ledger_counterfactual(start_utc);",
-    ),
-];
-
-/// Timestamps are stored as fixed-width RFC 3339 UTC text, so text order is time order and the
-/// interval queries can compare strings.
-const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%SZ";
-
-fn fmt_time(t: DateTime<Utc>) -> String {
-    t.format(TIME_FORMAT).to_string()
-}
-
-fn parse_time(id: &str, field: &'static str, s: &str) -> Result<DateTime<Utc>, LedgerError> {
-    s.parse::<DateTime<Utc>>()
-        .map_err(|e| LedgerError::ReadRecord {
-            id: id.to_string(),
-            field,
-            reason: format!("{s:?} is not an RFC 3339 time: {e}"),
-        })
-}
-
-/// The ledger in an SQLite file (or in memory, for tests).
-#[derive(Debug)]
-pub struct SqliteLedger {
-    conn: Connection,
-}
-
-impl SqliteLedger {
-    /// Opens (creating if needed) the ledger at `path` and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Self, LedgerError> {
-        let conn = Connection::open(path).map_err(|source| LedgerError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::with_connection(conn)
-    }
-
-    /// A throwaway in-memory ledger.
-    pub fn open_in_memory() -> Result<Self, LedgerError> {
-        let conn = Connection::open_in_memory().map_err(|source| LedgerError::Open {
-            path: ":memory:".to_string(),
-            source,
-        })?;
-        Self::with_connection(conn)
-    }
-
-    fn with_connection(mut conn: Connection) -> Result<Self, LedgerError> {
-        migrate(&mut conn)?;
-        Ok(SqliteLedger { conn })
-    }
-
+    /// Number of counterfactual records and the exact sum of their amounts.
+    fn counterfactual_totals(&self) -> Result<(usize, Amounts), LedgerError>;
     /// The schema version (the highest migration applied).
-    pub fn schema_version(&self) -> Result<i64, LedgerError> {
-        self.conn
-            .query_row("SELECT MAX(version) FROM ledger_migrations", [], |r| {
-                r.get::<_, Option<i64>>(0)
-            })
-            .map(|v| v.unwrap_or(0))
-            .map_err(|source| LedgerError::Query { source })
-    }
+    fn schema_version(&self) -> Result<i64, LedgerError>;
 }
 
-fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
-    let tx = conn
-        .transaction()
-        .map_err(|source| LedgerError::Migrate { version: 0, source })?;
-    tx.execute_batch(
-        "CREATE TABLE IF NOT EXISTS ledger_migrations (
-            version INTEGER PRIMARY KEY,
-            applied_at TEXT NOT NULL
-        );",
-    )
-    .map_err(|source| LedgerError::Migrate { version: 0, source })?;
-    for &(version, sql) in MIGRATIONS {
-        let done = tx
-            .query_row(
-                "SELECT version FROM ledger_migrations WHERE version = ?1",
-                [version],
-                |r| r.get::<_, i64>(0),
-            )
-            .optional()
-            .map_err(|source| LedgerError::Migrate { version, source })?;
-        if done.is_some() {
-            continue;
+/// Where a ledger lives: an SQLite file (the default; nothing to install) or a PostgreSQL
+/// database, told apart by the `postgres://` or `postgresql://` scheme.
+#[derive(Clone, PartialEq, Eq)]
+pub enum LedgerLocation {
+    Sqlite(PathBuf),
+    /// A libpq-style URL; `?options=-c%20search_path%3Dname` picks a schema.
+    Postgres(String),
+}
+
+impl LedgerLocation {
+    /// Opens the ledger, creating it (an SQLite file, or the tables in a PostgreSQL database)
+    /// if needed, and brings its schema up to date.
+    pub fn open(&self) -> Result<Box<dyn LedgerStore>, LedgerError> {
+        Ok(match self {
+            LedgerLocation::Sqlite(path) => Box::new(SqliteLedger::open(path)?),
+            LedgerLocation::Postgres(url) => Box::new(PostgresLedger::connect(url)?),
+        })
+    }
+
+    /// Whether the ledger exists: an SQLite file must, a database is assumed to (connecting
+    /// tells). Readers check this so that a mistyped path does not create an empty ledger.
+    pub fn exists(&self) -> bool {
+        match self {
+            LedgerLocation::Sqlite(path) => path.exists(),
+            LedgerLocation::Postgres(_) => true,
         }
-        tx.execute_batch(sql)
-            .map_err(|source| LedgerError::Migrate { version, source })?;
-        tx.execute(
-            "INSERT INTO ledger_migrations (version, applied_at) VALUES (?1, ?2)",
-            params![version, fmt_time(Utc::now())],
-        )
-        .map_err(|source| LedgerError::Migrate { version, source })?;
     }
-    tx.commit()
-        .map_err(|source| LedgerError::Migrate { version: 0, source })
+
+    /// The SQLite file, if this is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            LedgerLocation::Sqlite(p) => Some(p),
+            LedgerLocation::Postgres(_) => None,
+        }
+    }
 }
 
-const RECORD_COLUMNS: &str = "id, source, namespace, job, zone, start_utc, end_utc, gpus, \
-     price_per_mwh, carbon_g_per_kwh, pue, currency, gpu_hours_nanos, it_kwh_nanos, \
-     facility_kwh_nanos, cost_nanos, carbon_kg_nanos, corrects";
+/// Shown without the password, so locations can be logged and put in error messages.
+impl fmt::Display for LedgerLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LedgerLocation::Sqlite(p) => write!(f, "{}", p.display()),
+            LedgerLocation::Postgres(url) => f.write_str(&redact_password(url)),
+        }
+    }
+}
 
-/// The columns of a record as read, before the times are parsed.
-type RawRecord = (LedgerRecord, String, String);
+impl fmt::Debug for LedgerLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LedgerLocation({self})")
+    }
+}
 
-fn read_record(r: &Row<'_>) -> rusqlite::Result<RawRecord> {
-    let epoch = DateTime::<Utc>::UNIX_EPOCH;
-    Ok((
-        LedgerRecord {
-            id: r.get(0)?,
-            source: r.get(1)?,
-            namespace: r.get(2)?,
-            job: r.get(3)?,
-            zone: r.get(4)?,
-            start: epoch,
-            end: epoch,
-            gpus: r.get(7)?,
-            price: PricePerMwh(r.get(8)?),
-            carbon_intensity: GramsPerKwh(r.get(9)?),
-            pue: r.get(10)?,
-            currency: r.get(11)?,
-            amounts: Amounts {
-                gpu_hours: Fixed(r.get(12)?),
-                it_kwh: Fixed(r.get(13)?),
-                facility_kwh: Fixed(r.get(14)?),
-                cost: Fixed(r.get(15)?),
-                carbon_kg: Fixed(r.get(16)?),
-            },
-            corrects: r.get(17)?,
+impl FromStr for LedgerLocation {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(if is_postgres_url(s) {
+            LedgerLocation::Postgres(s.to_string())
+        } else {
+            LedgerLocation::Sqlite(PathBuf::from(s))
+        })
+    }
+}
+
+impl From<&Path> for LedgerLocation {
+    fn from(p: &Path) -> Self {
+        LedgerLocation::Sqlite(p.to_path_buf())
+    }
+}
+
+impl From<PathBuf> for LedgerLocation {
+    fn from(p: PathBuf) -> Self {
+        LedgerLocation::Sqlite(p)
+    }
+}
+
+/// Whether `s` names a PostgreSQL database rather than a file.
+pub fn is_postgres_url(s: &str) -> bool {
+    let lower = s.trim_start().to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// `scheme://user:secret@host/db` -> `scheme://user:***@host/db`.
+pub fn redact_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_string(),
         },
-        r.get(5)?,
-        r.get(6)?,
-    ))
-}
-
-/// The two tables of records, which share their columns.
-const RECORDS: &str = "ledger_records";
-const COUNTERFACTUAL: &str = "ledger_counterfactual";
-
-impl SqliteLedger {
-    fn append_to(&mut self, table: &str, records: &[LedgerRecord]) -> Result<usize, LedgerError> {
-        let err = |source| LedgerError::Append { source };
-        let tx = self.conn.transaction().map_err(err)?;
-        let mut added = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached(&format!(
-                    "INSERT INTO {table} ({RECORD_COLUMNS}) VALUES \
-                     (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, \
-                     ?17, ?18) ON CONFLICT (id) DO NOTHING"
-                ))
-                .map_err(err)?;
-            for r in records {
-                added += stmt
-                    .execute(params![
-                        r.id,
-                        r.source,
-                        r.namespace,
-                        r.job,
-                        r.zone,
-                        fmt_time(r.start),
-                        fmt_time(r.end),
-                        r.gpus,
-                        r.price.0,
-                        r.carbon_intensity.0,
-                        r.pue,
-                        r.currency,
-                        r.amounts.gpu_hours.0,
-                        r.amounts.it_kwh.0,
-                        r.amounts.facility_kwh.0,
-                        r.amounts.cost.0,
-                        r.amounts.carbon_kg.0,
-                        r.corrects,
-                    ])
-                    .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)?;
-        Ok(added)
-    }
-
-    fn read_between(
-        &self,
-        table: &str,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<LedgerRecord>, LedgerError> {
-        let err = |source| LedgerError::Query { source };
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {RECORD_COLUMNS} FROM {table} \
-                 WHERE start_utc < ?2 AND end_utc > ?1 ORDER BY start_utc, id"
-            ))
-            .map_err(err)?;
-        let raw = stmt
-            .query_map(params![fmt_time(from), fmt_time(to)], read_record)
-            .map_err(err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
-        raw.into_iter()
-            .map(|(mut rec, start, end)| {
-                rec.start = parse_time(&rec.id, "start_utc", &start)?;
-                rec.end = parse_time(&rec.id, "end_utc", &end)?;
-                Ok(rec)
-            })
-            .collect()
+        None => url.to_string(),
     }
 }
 
-impl LedgerStore for SqliteLedger {
-    fn append(&mut self, records: &[LedgerRecord]) -> Result<usize, LedgerError> {
-        self.append_to(RECORDS, records)
-    }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-    fn append_counterfactual(&mut self, records: &[LedgerRecord]) -> Result<usize, LedgerError> {
-        self.append_to(COUNTERFACTUAL, records)
-    }
-
-    fn counterfactual_between(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<LedgerRecord>, LedgerError> {
-        self.read_between(COUNTERFACTUAL, from, to)
-    }
-
-    fn append_market(&mut self, slots: &[MarketSlot]) -> Result<usize, LedgerError> {
-        let err = |source| LedgerError::Append { source };
-        let tx = self.conn.transaction().map_err(err)?;
-        let mut added = 0;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO ledger_market (zone, start_utc, end_utc, price_per_mwh, \
-                     carbon_g_per_kwh, currency) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
-                     ON CONFLICT (zone, start_utc) DO NOTHING",
-                )
-                .map_err(err)?;
-            for m in slots {
-                added += stmt
-                    .execute(params![
-                        m.zone,
-                        fmt_time(m.start),
-                        fmt_time(m.end),
-                        m.price.0,
-                        m.carbon_intensity.0,
-                        m.currency,
-                    ])
-                    .map_err(err)?;
-            }
-        }
-        tx.commit().map_err(err)?;
-        Ok(added)
-    }
-
-    fn records_between(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<LedgerRecord>, LedgerError> {
-        self.read_between(RECORDS, from, to)
-    }
-
-    fn market_between(
-        &self,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-    ) -> Result<Vec<MarketSlot>, LedgerError> {
-        let err = |source| LedgerError::Query { source };
-        let mut stmt = self
-            .conn
-            .prepare_cached(
-                "SELECT zone, start_utc, end_utc, price_per_mwh, carbon_g_per_kwh, currency \
-                 FROM ledger_market WHERE start_utc < ?2 AND end_utc > ?1 \
-                 ORDER BY zone, start_utc",
-            )
-            .map_err(err)?;
-        let raw = stmt
-            .query_map(params![fmt_time(from), fmt_time(to)], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, f64>(3)?,
-                    r.get::<_, f64>(4)?,
-                    r.get::<_, String>(5)?,
-                ))
-            })
-            .map_err(err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err)?;
-        raw.into_iter()
-            .map(|(zone, start, end, price, carbon, currency)| {
-                let id = format!("market {zone} {start}");
-                Ok(MarketSlot {
-                    start: parse_time(&id, "start_utc", &start)?,
-                    end: parse_time(&id, "end_utc", &end)?,
-                    zone,
-                    price: PricePerMwh(price),
-                    carbon_intensity: GramsPerKwh(carbon),
-                    currency,
-                })
-            })
-            .collect()
-    }
-
-    fn namespaces(&self) -> Result<Vec<String>, LedgerError> {
-        let err = |source| LedgerError::Query { source };
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT DISTINCT namespace FROM ledger_records ORDER BY namespace")
-            .map_err(err)?;
-        stmt.query_map([], |r| r.get::<_, String>(0))
-            .map_err(err)?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(err)
-    }
-
-    fn totals(&self) -> Result<(usize, Amounts), LedgerError> {
-        // SQLite's SUM over integers is exact (it fails on overflow rather than rounding).
-        self.conn
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(gpu_hours_nanos), 0), \
-                 COALESCE(SUM(it_kwh_nanos), 0), COALESCE(SUM(facility_kwh_nanos), 0), \
-                 COALESCE(SUM(cost_nanos), 0), COALESCE(SUM(carbon_kg_nanos), 0) \
-                 FROM ledger_records",
-                [],
-                |r| {
-                    Ok((
-                        r.get::<_, i64>(0)?,
-                        Amounts {
-                            gpu_hours: Fixed(r.get(1)?),
-                            it_kwh: Fixed(r.get(2)?),
-                            facility_kwh: Fixed(r.get(3)?),
-                            cost: Fixed(r.get(4)?),
-                            carbon_kg: Fixed(r.get(5)?),
-                        },
-                    ))
-                },
-            )
-            .map(|(n, a)| (usize::try_from(n).unwrap_or(0), a))
-            .map_err(|source| LedgerError::Query { source })
+    #[test]
+    fn locations_are_told_apart_by_scheme_and_shown_without_passwords() {
+        let pg: LedgerLocation = "postgres://offpeak:s3cret@127.0.0.1:5433/ledger?sslmode=disable"
+            .parse()
+            .expect("infallible");
+        assert!(matches!(pg, LedgerLocation::Postgres(_)));
+        assert_eq!(
+            pg.to_string(),
+            "postgres://offpeak:***@127.0.0.1:5433/ledger?sslmode=disable"
+        );
+        assert!(!format!("{pg:?}").contains("s3cret"));
+        let upper: LedgerLocation = "PostgreSQL://h/db".parse().expect("infallible");
+        assert!(matches!(upper, LedgerLocation::Postgres(_)));
+        assert_eq!(upper.to_string(), "PostgreSQL://h/db");
+        let file: LedgerLocation = "/var/lib/offpeak/ledger.sqlite".parse().expect("infallible");
+        assert_eq!(
+            file.path(),
+            Some(Path::new("/var/lib/offpeak/ledger.sqlite"))
+        );
+        // A relative file whose name merely contains the word stays a file.
+        let odd: LedgerLocation = "postgres.sqlite".parse().expect("infallible");
+        assert!(matches!(odd, LedgerLocation::Sqlite(_)));
     }
 }

@@ -7,7 +7,9 @@
 //! - [`nodes`]: concrete node assignment on the fewest nodes (best fit);
 //! - [`offpeak`]: the optimising policy (time, zone and power limit);
 //! - [`asap`] and [`threshold`]: the reference policies;
-//! - [`reasons`]: why a job cannot be placed, in words a user understands.
+//! - [`reasons`]: why a job cannot be placed, in words a user understands;
+//! - [`progress`]: a job's work owed and done between plans, and the checks a started run must
+//!   pass (shared by the simulator and the live cycle).
 //!
 //! Nothing here does I/O or reads a clock: the snapshot carries `now`, and it only holds the
 //! signals known at `now`, so a policy cannot peek at the future even by mistake.
@@ -17,6 +19,7 @@ pub mod context;
 pub mod forecast;
 pub mod nodes;
 pub mod offpeak;
+pub mod progress;
 pub mod reasons;
 pub mod snapshot;
 pub mod threshold;

@@ -178,6 +178,7 @@ impl Offpeak {
             zone: ctx.pools[first.pool].zone,
             point: first.point,
             objective: Money(p.objective),
+            nodes: first_nodes.unwrap_or_default(),
         });
     }
 }

@@ -106,6 +106,9 @@ pub struct Intent {
     pub point: usize,
     /// Estimated objective (energy cost + carbon price × emissions) of the whole remaining job.
     pub objective: Money,
+    /// The nodes reserved for its first run in this plan, (node index, GPUs); tentative, and
+    /// empty where no one set of nodes holds the whole run.
+    pub nodes: Vec<(usize, u32)>,
 }
 
 /// A job the policy gives up on.

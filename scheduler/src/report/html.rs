@@ -16,7 +16,7 @@ table{border-collapse:collapse;margin:.5em 0;font-size:.9em}\
 th,td{border-bottom:1px solid #ddd;padding:.25em .6em;text-align:left}\
 td.num,th.num{text-align:right;font-variant-numeric:tabular-nums}\
 tr.total td{font-weight:bold;border-top:2px solid #222}\
-.credit{color:#1a7f37}.note{color:#555;font-size:.85em}\
+.credit{color:#1a7f37}.note{color:#555;font-size:.85em}tr.over td{color:#b42318}\
 svg{display:block;margin:.5em 0}\
 @media print{body{margin:0}section,table,svg{break-inside:avoid}a{color:inherit}}";
 
@@ -123,9 +123,16 @@ const CHART_H: f64 = 180.0;
 /// Room for the axis labels.
 const MARGIN: f64 = 28.0;
 
-/// A vertical bar chart of `values` (negative bars hang below the zero line), with a label
-/// under each bar and the value in each bar's tooltip.
-fn bar_chart(title: &str, labels: &[String], values: &[f64], unit: &str, colour: &str) -> String {
+/// A vertical bar chart of `values` (negative bars hang below the zero line, in green), with a
+/// label under each bar and the value in each bar's tooltip; bar `i` takes colour
+/// `colours[i % colours.len()]`.
+fn bar_chart(
+    title: &str,
+    labels: &[String],
+    values: &[f64],
+    unit: &str,
+    colours: &[&str],
+) -> String {
     let max = values.iter().cloned().fold(0.0_f64, f64::max);
     let min = values.iter().cloned().fold(0.0_f64, f64::min);
     let span = if max - min > 0.0 { max - min } else { 1.0 };
@@ -147,6 +154,7 @@ fn bar_chart(title: &str, labels: &[String], values: &[f64], unit: &str, colour:
         let h = plot_h * v.abs() / span;
         let y = if *v >= 0.0 { zero_y - h } else { zero_y };
         let x = MARGIN + step * i as f64 + step * 0.1;
+        let colour = colours.get(i % colours.len().max(1)).copied().unwrap_or("#2f6fb0");
         let fill = if *v < 0.0 { "#1a7f37" } else { colour };
         let _ = write!(
             s,
@@ -209,6 +217,101 @@ pub fn page(r: &MonthlyReport) -> String {
     }
     out.push_str("</section>");
 
+    budgets_section(&mut out, r);
+    charts_section(&mut out, r);
+
+    let simple = |groups: Vec<super::Group<String>>, zone_avg: bool| -> Vec<HtmlRow> {
+        groups
+            .into_iter()
+            .map(|(k, a, c)| {
+                let avg = zone_avg
+                    .then(|| r.zone_average_price.get(&k).copied())
+                    .flatten();
+                (vec![k], a, c, avg)
+            })
+            .collect()
+    };
+    out.push_str("<section><h2>By namespace</h2>");
+    table(&mut out, "namespace", &["Namespace"], &simple(r.by_namespace(), false), r);
+    out.push_str("</section><section><h2>By team</h2>");
+    table(&mut out, "team", &["Team"], &simple(r.by_team(), false), r);
+    out.push_str("</section><section><h2>By cost centre</h2>");
+    let rows = simple(r.by_cost_centre(), false);
+    table(&mut out, "cost_centre", &["Cost centre"], &rows, r);
+    out.push_str("</section><section><h2>By zone</h2>");
+    table(&mut out, "zone", &["Zone"], &simple(r.by_zone(), true), r);
+    out.push_str("</section><section><h2>By tariff period</h2>");
+    let rows: Vec<HtmlRow> = r
+        .by_tariff_period()
+        .into_iter()
+        .map(|([zone, period], a, c)| {
+            let avg = r.zone_average_price.get(&zone).copied();
+            (vec![zone, period], a, c, avg)
+        })
+        .collect();
+    table(&mut out, "tariff_period", &["Zone", "Tariff period"], &rows, r);
+    out.push_str("</section><section><h2>By job</h2>");
+    let rows: Vec<HtmlRow> = r
+        .by_job()
+        .into_iter()
+        .map(|(k, a, c)| {
+            let avg = r.zone_average_price.get(&k[3]).copied();
+            (k.to_vec(), a, c, avg)
+        })
+        .collect();
+    let heads = ["Namespace", "Team", "Cost centre", "Zone", "Job"];
+    table(&mut out, "job", &heads, &rows, r);
+    out.push_str(
+        "</section><p class=\"note\">The saving is against every job run at full power from \
+         its submission, in one run, in the zone it first ran in, capacity not modelled. \
+         Teams and cost centres come from the finance file's namespace mapping \
+         (\"unassigned\" where it names none); the tariff period is \"spot\" where the price \
+         is a market price.</p></body></html>\n",
+    );
+    out
+}
+
+/// Budgets against the month's actual cost, if any budget is in scope.
+fn budgets_section(out: &mut String, r: &MonthlyReport) {
+    if r.budgets.is_empty() {
+        return;
+    }
+    let money = |f: Fixed| format_units(f.round_to(MONEY_DIGITS), MONEY_DIGITS);
+    let _ = write!(
+        out,
+        "<section><h2>Budgets</h2><table data-view=\"budgets\"><thead><tr><th>Scope</th>\
+         <th>Name</th><th class=\"num\">Monthly budget ({c})</th>\
+         <th class=\"num\">Actual ({c})</th><th class=\"num\">Remaining ({c})</th>\
+         <th class=\"num\">Used</th><th>Status</th></tr></thead><tbody>",
+        c = esc(&r.currency)
+    );
+    for b in &r.budgets {
+        let used = if b.budget.0 > 0 {
+            format!("{:.1} %", b.actual.to_f64() / b.budget.to_f64() * 100.0)
+        } else {
+            "n/a".to_string()
+        };
+        let (class, status) = if b.over() {
+            (" class=\"over\"", "over budget")
+        } else {
+            ("", "within budget")
+        };
+        let _ = write!(
+            out,
+            "<tr{class}><td>{kind}</td><td>{name}</td>{budget}{actual}{remaining}\
+             <td class=\"num\">{used}</td><td>{status}</td></tr>",
+            kind = b.scope.kind(),
+            name = esc(b.scope.name()),
+            budget = cell("budget", &money(b.budget), false),
+            actual = cell("actual", &money(b.actual), b.actual.0 < 0),
+            remaining = cell("remaining", &money(b.remaining()), false),
+        );
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+/// Daily cost and carbon, price paid against the market by zone, and cost by team.
+fn charts_section(out: &mut String, r: &MonthlyReport) {
     let day_labels: Vec<String> = r
         .days
         .iter()
@@ -216,69 +319,46 @@ pub fn page(r: &MonthlyReport) -> String {
         .collect();
     let daily_cost: Vec<f64> = r.days.iter().map(|d| d.total.cost.to_f64()).collect();
     let daily_kg: Vec<f64> = r.days.iter().map(|d| d.total.carbon_kg.to_f64()).collect();
-    let by_ns = r.by_namespace();
     out.push_str("<section><h2>Charts</h2>");
     out.push_str(&bar_chart(
         "Daily energy cost",
         &day_labels,
         &daily_cost,
         &r.currency,
-        "#2f6fb0",
+        &["#2f6fb0"],
     ));
     out.push_str(&bar_chart(
         "Daily carbon (kg CO2e, location-based)",
         &day_labels,
         &daily_kg,
         "kg",
-        "#8a5a2b",
+        &["#8a5a2b"],
     ));
+    // Two bars per zone: the average price offpeak paid, then the zone's average price.
+    let (mut labels, mut prices) = (Vec::new(), Vec::new());
+    for (zone, a, _) in r.by_zone() {
+        labels.push(format!("{zone} paid"));
+        prices.push(average_price_paid(&a).unwrap_or(0.0));
+        labels.push(format!("{zone} market"));
+        prices.push(r.zone_average_price.get(&zone).copied().unwrap_or(0.0));
+    }
     out.push_str(&bar_chart(
-        "Energy cost by namespace",
-        &by_ns.iter().map(|(n, _, _)| n.clone()).collect::<Vec<_>>(),
-        &by_ns
+        "Average price paid against the zone's market average",
+        &labels,
+        &prices,
+        &format!("{}/MWh", r.currency),
+        &["#2f6fb0", "#9aa5b1"],
+    ));
+    let by_team = r.by_team();
+    out.push_str(&bar_chart(
+        "Energy cost by team",
+        &by_team.iter().map(|(n, _, _)| n.clone()).collect::<Vec<_>>(),
+        &by_team
             .iter()
             .map(|(_, a, _)| a.cost.to_f64())
             .collect::<Vec<_>>(),
         &r.currency,
-        "#6b4fa0",
+        &["#6b4fa0"],
     ));
     out.push_str("</section>");
-
-    out.push_str("<section><h2>By namespace</h2>");
-    let rows: Vec<_> = by_ns
-        .into_iter()
-        .map(|(n, a, c)| (vec![n], a, c, None))
-        .collect();
-    table(&mut out, "namespace", &["Namespace"], &rows, r);
-    out.push_str("</section><section><h2>By zone</h2>");
-    let rows: Vec<_> = r
-        .by_zone()
-        .into_iter()
-        .map(|(z, a, c)| {
-            let avg = r.zone_average_price.get(&z).copied();
-            (vec![z], a, c, avg)
-        })
-        .collect();
-    table(&mut out, "zone", &["Zone"], &rows, r);
-    out.push_str("</section><section><h2>By job</h2>");
-    let rows: Vec<_> = r
-        .lines
-        .iter()
-        .map(|l| {
-            (
-                vec![l.namespace.clone(), l.zone.clone(), l.job.clone()],
-                l.amounts,
-                l.counterfactual,
-                r.zone_average_price.get(&l.zone).copied(),
-            )
-        })
-        .collect();
-    table(&mut out, "job", &["Namespace", "Zone", "Job"], &rows, r);
-    out.push_str(
-        "</section><p class=\"note\">Not in this report yet: team and cost centre (jobs carry \
-         only a namespace) and budgets. The saving is against every job run at full power from \
-         its submission, in one run, in the zone it first ran in, capacity not modelled.\
-         </p></body></html>\n",
-    );
-    out
 }

@@ -1,39 +1,44 @@
 //! Monthly reports from the ledger, for finance: energy, cost and carbon of a calendar month in
-//! a reporting time zone, by namespace, zone and job, as CSV, FOCUS-shaped CSV or a
-//! self-contained HTML page.
+//! a reporting time zone, by namespace, team, cost centre, zone, job and tariff period, with
+//! budgets against actuals, as CSV, FOCUS-shaped CSV or a self-contained HTML page.
 //!
 //! Layout:
 //! - here: the query ([`ReportQuery`], [`Month`]), [`build`], which cuts the ledger's records at
-//!   the month's and each local day's boundaries, and `offpeak report` ([`ReportArgs`], [`run`]);
+//!   the month's and each local day's boundaries, `offpeak report` ([`ReportArgs`], [`run`]),
+//!   and [`write_month_reports`], the files `offpeak simulate` writes beside its schedule;
+//! - [`finance`]: the finance file (namespace to team and cost centre, monthly budgets);
 //! - [`tables`]: the CSV and FOCUS-shaped CSV renderings;
 //! - [`html`]: the HTML page (inline CSS and SVG, no script, prints cleanly).
 //!
-//! Reconciliation: amounts stay integer nano-units ([`crate::ledger::Fixed`]) until they are printed. A record
-//! straddling a boundary is split by cumulative share (the piece of `[a, b)` is
-//! `share(b) − share(a)`), so the pieces add up to the record exactly; every view is a sum of
-//! the same pieces, so its total is the ledger's exact sum. When rows are rounded for printing
-//! (cents, thousandths of a kWh or kg), the rounding is apportioned by largest remainder so
-//! that the printed rows add up to the printed total, which is the exact total rounded.
+//! Reconciliation: amounts stay integer nano-units ([`crate::ledger::Fixed`]) until they are
+//! printed. A record straddling a boundary is split by cumulative share (the piece of `[a, b)`
+//! is `share(b) − share(a)`), so the pieces add up to the record exactly; every view is a sum
+//! of the same pieces, so its total is the ledger's exact sum. When rows are rounded for
+//! printing (cents, thousandths of a kWh or kg), the rounding is apportioned by largest
+//! remainder so that the printed rows add up to the printed total, which is the exact total
+//! rounded.
 //!
 //! Carbon is location-based (the grid's average intensity where and when the energy was
 //! drawn), and labelled so. The saving is against the ledger's counterfactual records ("full
 //! power as soon as submitted", [`crate::ledger::counterfactual_from_replay`]) in the same
-//! month. Not here yet (issue 6): team and cost centre (scenarios carry only a namespace),
-//! budgets, and the HTTP endpoint.
+//! month.
 
+pub mod finance;
 pub mod html;
 pub mod tables;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use chrono::{DateTime, Datelike as _, Duration, NaiveDate, NaiveTime, TimeZone as _, Utc};
 use chrono_tz::Tz;
 use thiserror::Error;
 
-use crate::ledger::{Amounts, LedgerError, LedgerRecord, LedgerStore, SqliteLedger};
+use crate::ledger::{Amounts, Fixed, LedgerError, LedgerLocation, LedgerRecord, LedgerStore};
+
+pub use finance::{Budget, BudgetScope, Finance, FinanceError};
 
 /// A report request that failed.
 #[derive(Debug, Error)]
@@ -50,8 +55,16 @@ pub enum ReportError {
     MonthBounds { month: String, time_zone: String },
     #[error("no ledger at {path} (write one with `offpeak simulate --ledger {path}`)")]
     FindLedger { path: String },
+    #[error("budget for {scope} is in {budget}, but the ledger's costs are in {ledger}")]
+    BudgetCurrency {
+        scope: String,
+        budget: String,
+        ledger: String,
+    },
     #[error("reading the ledger")]
     ReadLedger(#[from] LedgerError),
+    #[error("loading the finance file")]
+    LoadFinance(#[from] FinanceError),
     #[error("writing the report")]
     WriteCsv(#[from] csv::Error),
     #[error("writing the report to {path}")]
@@ -135,14 +148,19 @@ pub struct ReportQuery {
     pub time_zone: Tz,
     /// Only this namespace (it must exist in the ledger).
     pub namespace: Option<String>,
+    /// Monthly budgets to compare with the actual costs.
+    pub budgets: Vec<Budget>,
 }
 
-/// Amounts of one (namespace, zone, job).
+/// Amounts of one (namespace, team, cost centre, zone, job, tariff period).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Line {
     pub namespace: String,
+    pub team: String,
+    pub cost_centre: String,
     pub zone: String,
     pub job: String,
+    pub tariff_period: String,
     pub amounts: Amounts,
     /// The same jobs' counterfactual (full power as soon as submitted) in this month.
     pub counterfactual: Amounts,
@@ -156,7 +174,7 @@ pub struct Day {
     pub start: DateTime<Utc>,
     /// The next local midnight, in UTC (the month's end for its last day).
     pub end: DateTime<Utc>,
-    /// Non-empty lines of the day, sorted by namespace, zone, job.
+    /// Non-empty lines of the day, sorted by namespace, team, cost centre, zone, job, period.
     pub lines: Vec<Line>,
     pub total: Amounts,
 }
@@ -173,7 +191,7 @@ pub struct MonthlyReport {
     pub period_end: DateTime<Utc>,
     /// The records' currency (empty if the month has none).
     pub currency: String,
-    /// One per (namespace, zone, job), sorted.
+    /// One per (namespace, team, cost centre, zone, job, tariff period), sorted.
     pub lines: Vec<Line>,
     pub days: Vec<Day>,
     /// Time-weighted average market price of each zone over the month (per MWh), where the
@@ -185,6 +203,28 @@ pub struct MonthlyReport {
     /// Whether the ledger holds a counterfactual for this month (hand-written or metered
     /// records have none; then no saving is shown).
     pub has_counterfactual: bool,
+    /// The budgets in scope, with the month's actual cost against each.
+    pub budgets: Vec<BudgetLine>,
+}
+
+/// A monthly budget against the month's actual cost.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetLine {
+    pub scope: BudgetScope,
+    pub budget: Fixed,
+    pub actual: Fixed,
+}
+
+impl BudgetLine {
+    /// Budget minus actual: negative when over budget.
+    pub fn remaining(&self) -> Fixed {
+        self.budget - self.actual
+    }
+
+    /// Whether the actual cost exceeds the budget.
+    pub fn over(&self) -> bool {
+        self.actual > self.budget
+    }
 }
 
 /// Average price paid per MWh of facility energy, if any energy was used.
@@ -192,20 +232,51 @@ pub fn average_price_paid(a: &Amounts) -> Option<f64> {
     (a.facility_kwh.0 != 0).then(|| a.cost.to_f64() / a.facility_kwh.to_f64() * 1000.0)
 }
 
+/// Amounts and counterfactual of one group of lines.
+pub type Group<K> = (K, Amounts, Amounts);
+
 impl MonthlyReport {
-    /// Amounts and counterfactual by namespace, sorted.
-    pub fn by_namespace(&self) -> Vec<(String, Amounts, Amounts)> {
+    /// By namespace, sorted.
+    pub fn by_namespace(&self) -> Vec<Group<String>> {
         group(&self.lines, |l| l.namespace.clone())
     }
 
-    /// Amounts and counterfactual by zone, sorted.
-    pub fn by_zone(&self) -> Vec<(String, Amounts, Amounts)> {
+    /// By team, sorted.
+    pub fn by_team(&self) -> Vec<Group<String>> {
+        group(&self.lines, |l| l.team.clone())
+    }
+
+    /// By cost centre, sorted.
+    pub fn by_cost_centre(&self) -> Vec<Group<String>> {
+        group(&self.lines, |l| l.cost_centre.clone())
+    }
+
+    /// By zone, sorted.
+    pub fn by_zone(&self) -> Vec<Group<String>> {
         group(&self.lines, |l| l.zone.clone())
+    }
+
+    /// By (namespace, team, cost centre, zone, job), sorted: tariff periods merged.
+    pub fn by_job(&self) -> Vec<Group<[String; 5]>> {
+        group(&self.lines, |l| {
+            [
+                l.namespace.clone(),
+                l.team.clone(),
+                l.cost_centre.clone(),
+                l.zone.clone(),
+                l.job.clone(),
+            ]
+        })
+    }
+
+    /// By (zone, tariff period), sorted.
+    pub fn by_tariff_period(&self) -> Vec<Group<[String; 2]>> {
+        group(&self.lines, |l| [l.zone.clone(), l.tariff_period.clone()])
     }
 }
 
-fn group(lines: &[Line], key: impl Fn(&Line) -> String) -> Vec<(String, Amounts, Amounts)> {
-    let mut m: BTreeMap<String, (Amounts, Amounts)> = BTreeMap::new();
+fn group<K: Ord>(lines: &[Line], key: impl Fn(&Line) -> K) -> Vec<Group<K>> {
+    let mut m: BTreeMap<K, (Amounts, Amounts)> = BTreeMap::new();
     for l in lines {
         let e = m.entry(key(l)).or_default();
         e.0 += l.amounts;
@@ -300,7 +371,7 @@ pub fn build(store: &dyn LedgerStore, query: &ReportQuery) -> Result<MonthlyRepo
         .into_iter()
         .filter(|r| query.namespace.as_ref().is_none_or(|ns| &r.namespace == ns))
         .collect();
-    let currencies: std::collections::BTreeSet<&str> =
+    let currencies: BTreeSet<&str> =
         records.iter().map(|r| r.currency.as_str()).collect();
     if currencies.len() > 1 {
         return Err(ReportError::MixedCurrencies {
@@ -314,46 +385,21 @@ pub fn build(store: &dyn LedgerStore, query: &ReportQuery) -> Result<MonthlyRepo
         .unwrap_or_default()
         .to_string();
 
-    type Key = (String, String, String);
     let mut per_day: Vec<BTreeMap<Key, Amounts>> = vec![BTreeMap::new(); days.len()];
     for r in &records {
-        let dur = (r.end - r.start).num_seconds();
-        // The record's share of its amounts up to instant `t` (clamped to the record).
-        let share = |t: DateTime<Utc>| {
-            let elapsed = (t - r.start).num_seconds().clamp(0, dur.max(0));
-            r.amounts.prorate(elapsed, dur)
-        };
         for (i, d) in days.iter().enumerate() {
             if r.start >= d.end || r.end <= d.start {
                 continue;
             }
-            let (a, b) = (r.start.max(d.start), r.end.min(d.end));
-            let piece = share(b)
-                - if a == r.start {
-                    Amounts::default()
-                } else {
-                    share(a)
-                };
-            *per_day[i]
-                .entry((r.namespace.clone(), r.zone.clone(), r.job.clone()))
-                .or_default() += piece;
+            *per_day[i].entry(key(r)).or_default() += piece(r, d.start, d.end);
         }
     }
     let mut month: BTreeMap<Key, (Amounts, Amounts)> = BTreeMap::new();
     for (d, m) in days.iter_mut().zip(per_day) {
-        for ((namespace, zone, job), amounts) in m {
-            month
-                .entry((namespace.clone(), zone.clone(), job.clone()))
-                .or_default()
-                .0 += amounts;
+        for (k, amounts) in m {
+            month.entry(k.clone()).or_default().0 += amounts;
             d.total += amounts;
-            d.lines.push(Line {
-                namespace,
-                zone,
-                job,
-                amounts,
-                counterfactual: Amounts::default(),
-            });
+            d.lines.push(line(k, amounts, Amounts::default()));
         }
     }
     let counterfactual: Vec<_> = store
@@ -362,20 +408,11 @@ pub fn build(store: &dyn LedgerStore, query: &ReportQuery) -> Result<MonthlyRepo
         .filter(|r| query.namespace.as_ref().is_none_or(|ns| &r.namespace == ns))
         .collect();
     for r in &counterfactual {
-        month
-            .entry((r.namespace.clone(), r.zone.clone(), r.job.clone()))
-            .or_default()
-            .1 += piece(r, period_start, period_end);
+        month.entry(key(r)).or_default().1 += piece(r, period_start, period_end);
     }
     let lines: Vec<Line> = month
         .into_iter()
-        .map(|((namespace, zone, job), (amounts, counterfactual))| Line {
-            namespace,
-            zone,
-            job,
-            amounts,
-            counterfactual,
-        })
+        .map(|(k, (amounts, counterfactual))| line(k, amounts, counterfactual))
         .collect();
     let total = lines.iter().fold(Amounts::default(), |t, l| t + l.amounts);
     let counterfactual_total = lines
@@ -395,6 +432,7 @@ pub fn build(store: &dyn LedgerStore, query: &ReportQuery) -> Result<MonthlyRepo
         .map(|(z, (sum, secs))| (z, sum / secs))
         .collect();
 
+    let budgets = budget_lines(query, &lines, &currency)?;
     Ok(MonthlyReport {
         month: query.month,
         time_zone: tz,
@@ -408,26 +446,135 @@ pub fn build(store: &dyn LedgerStore, query: &ReportQuery) -> Result<MonthlyRepo
         total,
         counterfactual_total,
         has_counterfactual: !counterfactual.is_empty(),
+        budgets,
     })
+}
+
+/// What a line is grouped by: namespace, team, cost centre, zone, job, tariff period.
+type Key = (String, String, String, String, String, String);
+
+fn key(r: &LedgerRecord) -> Key {
+    (
+        r.namespace.clone(),
+        r.team.clone(),
+        r.cost_centre.clone(),
+        r.zone.clone(),
+        r.job.clone(),
+        r.tariff_period.clone(),
+    )
+}
+
+fn line(k: Key, amounts: Amounts, counterfactual: Amounts) -> Line {
+    let (namespace, team, cost_centre, zone, job, tariff_period) = k;
+    Line {
+        namespace,
+        team,
+        cost_centre,
+        zone,
+        job,
+        tariff_period,
+        amounts,
+        counterfactual,
+    }
+}
+
+/// The budgets in the query's scope (with a namespace filter, that namespace's only: a team's
+/// actual cost would be cut to one of its namespaces), each against the month's actual cost.
+fn budget_lines(
+    query: &ReportQuery,
+    lines: &[Line],
+    currency: &str,
+) -> Result<Vec<BudgetLine>, ReportError> {
+    let mut out = Vec::new();
+    for b in &query.budgets {
+        let in_scope = match (&query.namespace, &b.scope) {
+            (None, _) => true,
+            (Some(ns), BudgetScope::Namespace(n)) => ns == n,
+            (Some(_), BudgetScope::Team(_)) => false,
+        };
+        if !in_scope {
+            continue;
+        }
+        if !currency.is_empty() && b.currency != currency {
+            return Err(ReportError::BudgetCurrency {
+                scope: b.scope.to_string(),
+                budget: b.currency.clone(),
+                ledger: currency.to_string(),
+            });
+        }
+        let actual = lines
+            .iter()
+            .filter(|l| match &b.scope {
+                BudgetScope::Namespace(n) => &l.namespace == n,
+                BudgetScope::Team(t) => &l.team == t,
+            })
+            .map(|l| l.amounts.cost)
+            .sum();
+        out.push(BudgetLine {
+            scope: b.scope.clone(),
+            budget: b.monthly,
+            actual,
+        });
+    }
+    out.sort_by(|a, b| a.scope.cmp(&b.scope));
+    Ok(out)
 }
 
 /// Output format of `offpeak report`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ReportFormat {
-    /// One row per job, namespace, zone and the total (the `view` column says which).
+    /// One row per job, then per namespace, team, cost centre, zone and tariff period, and
+    /// the total (the `view` column says which).
     Csv,
-    /// FOCUS-shaped billing rows: one per job and local day.
+    /// FOCUS-shaped billing rows: one per job, tariff period and local day.
     Focus,
     /// A self-contained HTML page with charts, ready to print.
     Html,
 }
 
+impl ReportFormat {
+    /// Every format, in the order reports are written.
+    pub const ALL: [ReportFormat; 3] = [ReportFormat::Csv, ReportFormat::Focus, ReportFormat::Html];
+
+    /// The name used on the command line and in the HTTP query.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReportFormat::Csv => "csv",
+            ReportFormat::Focus => "focus",
+            ReportFormat::Html => "html",
+        }
+    }
+
+    /// The format named `s` (as on the command line), if any.
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.name() == s)
+    }
+
+    /// The file name suffix of a report in this format.
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            ReportFormat::Csv => ".csv",
+            ReportFormat::Focus => "-focus.csv",
+            ReportFormat::Html => ".html",
+        }
+    }
+
+    /// The HTTP content type.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            ReportFormat::Csv | ReportFormat::Focus => "text/csv; charset=utf-8",
+            ReportFormat::Html => "text/html; charset=utf-8",
+        }
+    }
+}
+
 /// `offpeak report`: a month of the ledger for finance.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportArgs {
-    /// The SQLite ledger (written by `offpeak simulate --ledger`).
+    /// The ledger: an SQLite file (written by `offpeak simulate --ledger`) or a
+    /// `postgres://user:password@host:port/database` URL.
     #[arg(long, env = "OFFPEAK_LEDGER")]
-    pub ledger: PathBuf,
+    pub ledger: LedgerLocation,
     /// The month, YYYY-MM, in the reporting time zone.
     #[arg(long)]
     pub month: String,
@@ -440,6 +587,9 @@ pub struct ReportArgs {
     /// IANA reporting time zone: months and days start at its local midnight.
     #[arg(long, env = "OFFPEAK_REPORT_TIME_ZONE", default_value = "UTC")]
     pub time_zone: String,
+    /// Finance file (YAML): monthly budgets per namespace or team to show against actuals.
+    #[arg(long, env = "OFFPEAK_FINANCE")]
+    pub finance: Option<PathBuf>,
     /// Write here instead of standard output.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -456,26 +606,110 @@ pub fn render(report: &MonthlyReport, format: ReportFormat) -> Result<String, Re
 
 /// Runs `offpeak report`: returns the rendered report, also written to `--out` if given.
 pub fn run(args: &ReportArgs) -> Result<String, ReportError> {
+    let budgets = match &args.finance {
+        Some(path) => finance::load(path)?.budgets,
+        None => Vec::new(),
+    };
     let query = ReportQuery {
         month: args.month.parse()?,
         time_zone: parse_time_zone(&args.time_zone)?,
         namespace: args.namespace.clone(),
+        budgets,
     };
     if !args.ledger.exists() {
         // Opening would create an empty ledger; a report of nothing would hide the typo.
         return Err(ReportError::FindLedger {
-            path: args.ledger.display().to_string(),
+            path: args.ledger.to_string(),
         });
     }
-    let store = SqliteLedger::open(&args.ledger)?;
-    let text = render(&build(&store, &query)?, args.format)?;
+    let store = args.ledger.open()?;
+    let text = render(&build(store.as_ref(), &query)?, args.format)?;
     if let Some(path) = &args.out {
-        std::fs::write(path, &text).map_err(|source| ReportError::WriteOutput {
-            path: path.display().to_string(),
-            source,
-        })?;
+        write_atomically(path, &text)?;
     }
     Ok(text)
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a reader (or a process
+/// killed mid-write) never leaves a half-written report.
+pub fn write_atomically(path: &Path, text: &str) -> Result<(), ReportError> {
+    let err = |source| ReportError::WriteOutput {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, text).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// The calendar months of `tz` that `[from, to)` touches, in order.
+pub fn months_between(from: DateTime<Utc>, to: DateTime<Utc>, tz: Tz) -> Vec<Month> {
+    let month_of = |t: DateTime<Utc>| {
+        let local = t.with_timezone(&tz);
+        Month {
+            year: local.year(),
+            month: local.month(),
+        }
+    };
+    if to <= from {
+        return Vec::new();
+    }
+    let (first, last) = (month_of(from), month_of(to - Duration::seconds(1)));
+    let mut out = vec![first];
+    while let Some(&m) = out.last()
+        && m < last
+    {
+        out.push(m.next());
+    }
+    out
+}
+
+/// One report file written by [`write_month_reports`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WrittenReport {
+    pub month: Month,
+    pub format: ReportFormat,
+    pub path: PathBuf,
+    /// The month's exact total (the same in every format).
+    pub total: Amounts,
+}
+
+/// Writes the report of every month of `months` in every format, named
+/// `{prefix}-{YYYY-MM}{suffix}` (`schedule-report-2023-03.html`, `...-focus.csv`, `....csv`).
+pub fn write_month_reports(
+    store: &dyn LedgerStore,
+    months: &[Month],
+    time_zone: Tz,
+    budgets: &[Budget],
+    prefix: &Path,
+) -> Result<Vec<WrittenReport>, ReportError> {
+    let mut out = Vec::new();
+    for &month in months {
+        let report = build(
+            store,
+            &ReportQuery {
+                month,
+                time_zone,
+                namespace: None,
+                budgets: budgets.to_vec(),
+            },
+        )?;
+        for format in ReportFormat::ALL {
+            let mut name = prefix.as_os_str().to_owned();
+            name.push(format!("-{month}{}", format.file_suffix()));
+            let path = PathBuf::from(name);
+            write_atomically(&path, &render(&report, format)?)?;
+            out.push(WrittenReport {
+                month,
+                format,
+                path,
+                total: report.total,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// The day of the month of a date (for chart labels).

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{MonthlyReport, ReportError, average_price_paid};
+use super::{BudgetScope, MonthlyReport, ReportError, average_price_paid};
 use crate::ledger::record::{format_units, quantum, round_half_away};
 use crate::ledger::{Amounts, Fixed};
 
@@ -72,17 +72,22 @@ fn price(p: Option<f64>) -> String {
     p.map(|x| format!("{x:.2}")).unwrap_or_default()
 }
 
-/// A plain CSV row before printing: view, namespace, zone, job, amounts, counterfactual, zone
-/// average price.
-type CsvRow = (
-    &'static str,
-    String,
-    String,
-    String,
-    Amounts,
-    Amounts,
-    String,
-);
+/// A plain CSV row before printing.
+#[derive(Debug, Default)]
+struct CsvRow {
+    view: &'static str,
+    namespace: String,
+    team: String,
+    cost_centre: String,
+    zone: String,
+    job: String,
+    tariff_period: String,
+    amounts: Amounts,
+    counterfactual: Amounts,
+    zone_avg: String,
+    /// The monthly budget of this namespace or team, if one is set.
+    budget: Option<Fixed>,
+}
 
 /// A money column apportioned like the others (see [`apportion`]).
 fn print_money(values: &[Fixed]) -> Vec<String> {
@@ -92,10 +97,94 @@ fn print_money(values: &[Fixed]) -> Vec<String> {
         .collect()
 }
 
-/// Plain CSV: one row per (namespace, zone, job), then per namespace, per zone, and the total;
-/// the `view` column says which. The rows of each view add up to its total row. The saving is
-/// against running at full power as soon as submitted (empty where the ledger holds no
-/// counterfactual).
+/// The monthly budget set for `scope`, if any.
+pub fn budget_of(r: &MonthlyReport, scope: &BudgetScope) -> Option<Fixed> {
+    r.budgets.iter().find(|b| &b.scope == scope).map(|b| b.budget)
+}
+
+/// The rows of each view of the plain CSV, in order: job, namespace, team, cost centre, zone,
+/// tariff period, total.
+fn csv_views(r: &MonthlyReport) -> Vec<Vec<CsvRow>> {
+    let zone_avg = |z: &str| price(r.zone_average_price.get(z).copied());
+    let simple = |view: &'static str, groups: Vec<super::Group<String>>| -> Vec<CsvRow> {
+        groups
+            .into_iter()
+            .map(|(k, amounts, counterfactual)| {
+                let mut row = CsvRow {
+                    view,
+                    amounts,
+                    counterfactual,
+                    ..CsvRow::default()
+                };
+                match view {
+                    "namespace" => {
+                        row.budget = budget_of(r, &BudgetScope::Namespace(k.clone()));
+                        row.namespace = k;
+                    }
+                    "team" => {
+                        row.budget = budget_of(r, &BudgetScope::Team(k.clone()));
+                        row.team = k;
+                    }
+                    "cost_centre" => row.cost_centre = k,
+                    _ => {
+                        row.zone_avg = zone_avg(&k);
+                        row.zone = k;
+                    }
+                }
+                row
+            })
+            .collect()
+    };
+    let jobs = r
+        .by_job()
+        .into_iter()
+        .map(|([namespace, team, cost_centre, zone, job], amounts, counterfactual)| CsvRow {
+            view: "job",
+            zone_avg: zone_avg(&zone),
+            namespace,
+            team,
+            cost_centre,
+            zone,
+            job,
+            amounts,
+            counterfactual,
+            ..CsvRow::default()
+        })
+        .collect();
+    let periods = r
+        .by_tariff_period()
+        .into_iter()
+        .map(|([zone, tariff_period], amounts, counterfactual)| CsvRow {
+            view: "tariff_period",
+            zone_avg: zone_avg(&zone),
+            zone,
+            tariff_period,
+            amounts,
+            counterfactual,
+            ..CsvRow::default()
+        })
+        .collect();
+    vec![
+        jobs,
+        simple("namespace", r.by_namespace()),
+        simple("team", r.by_team()),
+        simple("cost_centre", r.by_cost_centre()),
+        simple("zone", r.by_zone()),
+        periods,
+        vec![CsvRow {
+            view: "total",
+            amounts: r.total,
+            counterfactual: r.counterfactual_total,
+            ..CsvRow::default()
+        }],
+    ]
+}
+
+/// Plain CSV: one row per (namespace, team, cost centre, zone, job), then per namespace, team,
+/// cost centre, zone, (zone, tariff period), and the total; the `view` column says which. The
+/// rows of each view add up to its total row. The saving is against running at full power as
+/// soon as submitted (empty where the ledger holds no counterfactual); namespace and team
+/// rows with a budget show it and what remains of it (negative: over budget).
 pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
@@ -103,8 +192,11 @@ pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
         "time_zone",
         "view",
         "namespace",
+        "team",
+        "cost_centre",
         "zone",
         "job",
+        "tariff_period",
         "gpu_hours",
         "it_kwh",
         "facility_kwh",
@@ -116,78 +208,56 @@ pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
         "zone_avg_price_per_mwh",
         "counterfactual_cost_full_power_at_submit",
         "saving_vs_full_power_at_submit",
+        "monthly_budget",
+        "budget_remaining",
     ])?;
     let month = r.month.to_string();
     let tz = r.time_zone.name();
-    let zone_avg = |z: &str| price(r.zone_average_price.get(z).copied());
-    let none = String::new;
-    let mut views: Vec<Vec<CsvRow>> = vec![
-        r.lines
-            .iter()
-            .map(|l| {
-                let job = l.job.clone();
-                let (ns, zone) = (l.namespace.clone(), l.zone.clone());
-                (
-                    "job",
-                    ns,
-                    zone,
-                    job,
-                    l.amounts,
-                    l.counterfactual,
-                    zone_avg(&l.zone),
-                )
-            })
-            .collect(),
-        r.by_namespace()
-            .into_iter()
-            .map(|(ns, a, c)| ("namespace", ns, none(), none(), a, c, none()))
-            .collect(),
-        r.by_zone()
-            .into_iter()
-            .map(|(z, a, c)| {
-                let avg = zone_avg(&z);
-                ("zone", none(), z, none(), a, c, avg)
-            })
-            .collect(),
-    ];
-    views.push(vec![(
-        "total",
-        none(),
-        none(),
-        none(),
-        r.total,
-        r.counterfactual_total,
-        none(),
-    )]);
-    for rows in views {
-        let amounts: Vec<Amounts> = rows.iter().map(|x| x.4).collect();
+    let money = |f: Fixed| format_units(f.round_to(MONEY_DIGITS), MONEY_DIGITS);
+    for rows in csv_views(r) {
+        let amounts: Vec<Amounts> = rows.iter().map(|x| x.amounts).collect();
         let p = print_rows(&amounts);
-        let cf = print_money(&rows.iter().map(|x| x.5.cost).collect::<Vec<_>>());
-        let saving = print_money(&rows.iter().map(|x| x.5.cost - x.4.cost).collect::<Vec<_>>());
-        for (i, (view, ns, zone, job, a, _, avg)) in rows.iter().enumerate() {
+        let cf = print_money(&rows.iter().map(|x| x.counterfactual.cost).collect::<Vec<_>>());
+        let saving = print_money(
+            &rows
+                .iter()
+                .map(|x| x.counterfactual.cost - x.amounts.cost)
+                .collect::<Vec<_>>(),
+        );
+        for (i, row) in rows.iter().enumerate() {
             let (cf, saving) = if r.has_counterfactual {
                 (cf[i].as_str(), saving[i].as_str())
             } else {
                 ("", "")
             };
+            // The remainder is of the exact amounts, rounded once, so it is the budget minus
+            // the exact cost, not minus the apportioned printed cost.
+            let (budget, remaining) = row.budget.map_or((String::new(), String::new()), |b| {
+                (money(b), money(b - row.amounts.cost))
+            });
             w.write_record([
                 month.as_str(),
                 tz,
-                view,
-                ns,
-                zone,
-                job,
+                row.view,
+                &row.namespace,
+                &row.team,
+                &row.cost_centre,
+                &row.zone,
+                &row.job,
+                &row.tariff_period,
                 &p.gpu_hours[i],
                 &p.it_kwh[i],
                 &p.facility_kwh[i],
                 &r.currency,
                 &p.cost[i],
-                cost_kind(a.cost),
+                cost_kind(row.amounts.cost),
                 &p.carbon_kg[i],
-                &price(average_price_paid(a)),
-                avg,
+                &price(average_price_paid(&row.amounts)),
+                &row.zone_avg,
                 cf,
                 saving,
+                &budget,
+                &remaining,
             ])?;
         }
     }
@@ -201,8 +271,8 @@ fn finish(w: csv::Writer<Vec<u8>>) -> Result<String, ReportError> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
-/// FOCUS-shaped CSV (the FinOps billing format): one row per (local day, namespace, zone,
-/// job), its charge period the local day in UTC. `ConsumedQuantity` is the metered IT energy;
+/// FOCUS-shaped CSV (the FinOps billing format): one row per (local day, namespace, team,
+/// cost centre, zone, job, tariff period), its charge period the local day in UTC. `ConsumedQuantity` is the metered IT energy;
 /// the cost is that of the facility energy (`x_FacilityKwh`, PUE applied). The rows add up to
 /// the month's total.
 pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
@@ -222,6 +292,7 @@ pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
         "x_CarbonMethod",
         "x_FacilityKwh",
         "x_GpuHours",
+        "x_TariffPeriod",
     ])?;
     let rows: Vec<(&super::Day, &super::Line)> = r
         .days
@@ -234,8 +305,11 @@ pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
     for (i, (d, l)) in rows.iter().enumerate() {
         let tags: BTreeMap<&str, &str> = [
             ("namespace", l.namespace.as_str()),
+            ("team", l.team.as_str()),
+            ("cost_centre", l.cost_centre.as_str()),
             ("job", l.job.as_str()),
             ("zone", l.zone.as_str()),
+            ("tariff_period", l.tariff_period.as_str()),
         ]
         .into_iter()
         .collect();
@@ -265,6 +339,7 @@ pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
             "location-based",
             &p.facility_kwh[i],
             &p.gpu_hours[i],
+            &l.tariff_period,
         ])?;
     }
     finish(w)

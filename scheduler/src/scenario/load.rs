@@ -38,7 +38,7 @@ fn default_currency() -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawProfile {
+pub(crate) struct RawProfile {
     points: Vec<RawPoint>,
 }
 
@@ -52,7 +52,7 @@ struct RawPoint {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawZone {
+pub(crate) struct RawZone {
     name: Spanned<String>,
     pue: Spanned<f64>,
     #[serde(default)]
@@ -63,7 +63,7 @@ struct RawZone {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawNodeGroup {
+pub(crate) struct RawNodeGroup {
     accelerator: Spanned<String>,
     gpus: Spanned<i64>,
     count: Spanned<i64>,
@@ -134,12 +134,12 @@ pub fn load_with(dir: &Path, files: Files<'_>) -> Result<Scenario, ScenarioError
     };
 
     let profiles = load_profiles(&y, &raw.profiles)?;
-    let (zone_defs, accelerators, nodes) = load_zones(&y, &raw.zones)?;
+    let (zone_defs, accelerators, nodes) = load_zones(&y, &raw.zones, true)?;
 
     let mut zones = Vec::with_capacity(zone_defs.len());
     let mut n_slots: Option<Slot> = None;
     for (name, pue, signals_rel) in zone_defs {
-        let path = dir.join(&signals_rel);
+        let path = dir.join(signals_rel.unwrap_or_default());
         let (price, carbon) = load_signals(files, &path, &grid)?;
         let len = price.len() as Slot;
         n_slots = Some(n_slots.map_or(len, |n| n.min(len)));
@@ -188,12 +188,18 @@ fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("`{s}` is not an RFC 3339 time ({e})"))
 }
 
-struct YamlCtx<'a> {
-    path: &'a Path,
+/// A YAML file being checked, for errors that name it, the line and the field.
+pub(crate) struct YamlCtx<'a> {
+    pub(crate) path: &'a Path,
 }
 
 impl YamlCtx<'_> {
-    fn field<T>(&self, at: &Spanned<T>, field: &str, reason: String) -> ScenarioError {
+    pub(crate) fn field<T>(
+        &self,
+        at: &Spanned<T>,
+        field: &str,
+        reason: String,
+    ) -> ScenarioError {
         ScenarioError::InvalidField {
             path: self.path.to_owned(),
             line: at.referenced.line(),
@@ -203,7 +209,7 @@ impl YamlCtx<'_> {
     }
 }
 
-fn load_profiles(
+pub(crate) fn load_profiles(
     y: &YamlCtx<'_>,
     raw: &BTreeMap<String, RawProfile>,
 ) -> Result<Vec<Profile>, ScenarioError> {
@@ -266,11 +272,15 @@ fn load_profiles(
     Ok(out)
 }
 
-type ZoneDefs = Vec<(String, f64, String)>;
+/// Each zone's name, PUE and signals file (when it names one).
+pub(crate) type ZoneDefs = Vec<(String, f64, Option<String>)>;
 
-fn load_zones(
+/// Checks the zones and their node groups; `signals_required`: every zone must name its
+/// signals file (as a scenario's must).
+pub(crate) fn load_zones(
     y: &YamlCtx<'_>,
     raw: &[RawZone],
+    signals_required: bool,
 ) -> Result<(ZoneDefs, Vec<String>, Vec<Node>), ScenarioError> {
     let mut defs = Vec::new();
     let mut accelerators: Vec<String> = Vec::new();
@@ -292,7 +302,7 @@ fn load_zones(
         }
         if defs
             .iter()
-            .any(|(n, _, _): &(String, f64, String)| *n == name)
+            .any(|(n, _, _): &(String, f64, Option<String>)| *n == name)
         {
             return Err(y.field(
                 &z.name,
@@ -309,7 +319,8 @@ fn load_zones(
             ));
         }
         let signals = match &z.signals {
-            Some(s) if !s.value.trim().is_empty() => s.value.trim().to_owned(),
+            Some(s) if !s.value.trim().is_empty() => Some(s.value.trim().to_owned()),
+            _ if !signals_required => None,
             _ => {
                 return Err(y.field(
                     &z.name,
@@ -465,6 +476,94 @@ fn load_signals(
     path: &Path,
     grid: &SlotGrid,
 ) -> Result<(Vec<PricePerMwh>, Vec<GramsPerKwh>), ScenarioError> {
+    let rows = read_signal_rows(files, path)?;
+    if rows.times[0] > grid.start {
+        return Err(ScenarioError::InvalidField {
+            path: path.to_owned(),
+            line: 2,
+            field: "time".into(),
+            reason: format!(
+                "signals start at {}, after the scenario start {}",
+                rows.times[0], grid.start
+            ),
+        });
+    }
+    let n_slots = grid.position(rows.end()).floor().max(0.0) as Slot;
+    let mut slot_price = Vec::with_capacity(n_slots as usize);
+    let mut slot_carbon = Vec::with_capacity(n_slots as usize);
+    for s in 0..n_slots {
+        let (p, c) = rows.at(grid.instant(s)).unwrap_or_default();
+        slot_price.push(p);
+        slot_carbon.push(c);
+    }
+    Ok((slot_price, slot_carbon))
+}
+
+/// A zone's signals as its CSV gives them (`time,price_per_mwh,carbon_g_per_kwh`): each row
+/// holds from its time until the next row's, the last row for one more interval of the same
+/// length. The scenario loader puts them on its grid; the live planner reads them as a feed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalRows {
+    /// At least two, strictly increasing.
+    times: Vec<DateTime<Utc>>,
+    price: Vec<PricePerMwh>,
+    carbon: Vec<GramsPerKwh>,
+}
+
+impl SignalRows {
+    /// Rows from (time, price, carbon) triples; `None` unless there are at least two rows, in
+    /// strictly increasing time order, with finite values and no negative intensity.
+    pub fn new(rows: &[(DateTime<Utc>, PricePerMwh, GramsPerKwh)]) -> Option<Self> {
+        let ordered = rows.windows(2).all(|w| w[0].0 < w[1].0);
+        let valid = rows
+            .iter()
+            .all(|r| r.1.0.is_finite() && r.2.0.is_finite() && r.2.0 >= 0.0);
+        (rows.len() >= 2 && ordered && valid).then(|| Self {
+            times: rows.iter().map(|r| r.0).collect(),
+            price: rows.iter().map(|r| r.1).collect(),
+            carbon: rows.iter().map(|r| r.2).collect(),
+        })
+    }
+
+    /// Hourly rows from `start`: one (price per MWh, gCO2e/kWh) pair per hour.
+    pub fn hourly(start: DateTime<Utc>, values: &[(f64, f64)]) -> Option<Self> {
+        let rows: Vec<_> = values
+            .iter()
+            .enumerate()
+            .map(|(h, &(p, c))| {
+                (
+                    start + chrono::Duration::hours(h as i64),
+                    PricePerMwh(p),
+                    GramsPerKwh(c),
+                )
+            })
+            .collect();
+        Self::new(&rows)
+    }
+
+    /// The first row's time.
+    pub fn start(&self) -> DateTime<Utc> {
+        self.times[0]
+    }
+
+    /// The instant the last row stops holding.
+    pub fn end(&self) -> DateTime<Utc> {
+        let n = self.times.len();
+        self.times[n - 1] + (self.times[n - 1] - self.times[n - 2])
+    }
+
+    /// The price and intensity holding at `t`; `None` before the first row or from the end on.
+    pub fn at(&self, t: DateTime<Utc>) -> Option<(PricePerMwh, GramsPerKwh)> {
+        if t >= self.end() {
+            return None;
+        }
+        let i = self.times.partition_point(|x| *x <= t).checked_sub(1)?;
+        Some((self.price[i], self.carbon[i]))
+    }
+}
+
+/// Reads a zone's signal CSV, checking every row (the error names the file, line and field).
+pub fn read_signal_rows(files: Files<'_>, path: &Path) -> Result<SignalRows, ScenarioError> {
     let (mut rdr, idx) = open_csv(files, path, &["time", "price_per_mwh", "carbon_g_per_kwh"])?;
     let mut times: Vec<DateTime<Utc>> = Vec::new();
     let mut price = Vec::new();
@@ -482,8 +581,8 @@ fn load_signals(
             return Err(row.err("carbon_g_per_kwh", format!("{c} is negative")));
         }
         times.push(t);
-        price.push(p);
-        carbon.push(c);
+        price.push(PricePerMwh(p));
+        carbon.push(GramsPerKwh(c));
     }
     if times.len() < 2 {
         return Err(ScenarioError::InvalidFile {
@@ -491,32 +590,11 @@ fn load_signals(
             reason: format!("needs at least two rows of signals, has {}", times.len()),
         });
     }
-    if times[0] > grid.start {
-        return Err(ScenarioError::InvalidField {
-            path: path.to_owned(),
-            line: 2,
-            field: "time".into(),
-            reason: format!(
-                "signals start at {}, after the scenario start {}",
-                times[0], grid.start
-            ),
-        });
-    }
-    let n = times.len();
-    let end = times[n - 1] + (times[n - 1] - times[n - 2]);
-    let n_slots = grid.position(end).floor().max(0.0) as Slot;
-    let mut slot_price = Vec::with_capacity(n_slots as usize);
-    let mut slot_carbon = Vec::with_capacity(n_slots as usize);
-    let mut row = 0usize;
-    for s in 0..n_slots {
-        let at = grid.instant(s);
-        while row + 1 < n && times[row + 1] <= at {
-            row += 1;
-        }
-        slot_price.push(PricePerMwh(price[row]));
-        slot_carbon.push(GramsPerKwh(carbon[row]));
-    }
-    Ok((slot_price, slot_carbon))
+    Ok(SignalRows {
+        times,
+        price,
+        carbon,
+    })
 }
 
 const JOB_COLUMNS: [&str; 10] = [

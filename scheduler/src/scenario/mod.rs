@@ -12,5 +12,5 @@ pub mod load;
 pub mod model;
 
 pub use error::ScenarioError;
-pub use load::load;
+pub use load::{SignalRows, load, read_signal_rows};
 pub use model::{Job, Node, Profile, ProfilePoint, Scenario, Zone};

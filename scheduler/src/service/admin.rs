@@ -32,6 +32,8 @@ pub struct Metrics {
     duplicates: Counter,
     rejected: Family<RejectLabels, Counter>,
     energy_mj: Counter,
+    curves_accepted: Counter,
+    curves_rejected: Family<RejectLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -63,12 +65,60 @@ impl Metrics {
             "Energy metered from device counter deltas, in millijoules",
             energy_mj.clone(),
         );
+        let curves_accepted = Counter::default();
+        let curves_rejected = Family::<RejectLabels, Counter>::default();
+        registry.register(
+            "curves_accepted",
+            "Power curves taken into the curve store",
+            curves_accepted.clone(),
+        );
+        registry.register(
+            "curves_rejected",
+            "Power curves refused, by reason",
+            curves_rejected.clone(),
+        );
         Self {
             registry,
             accepted,
             duplicates,
             rejected,
             energy_mj,
+            curves_accepted,
+            curves_rejected,
+        }
+    }
+
+    /// Exposes the command path's counters: commands sent, acknowledgements by outcome
+    /// (failures included) and commands refused by reason.
+    pub fn register_commands(&mut self, counters: &super::commands::CommandCounters) {
+        self.registry.register(
+            "commands_sent",
+            "Power-limit commands written to agents' streams (re-deliveries included)",
+            counters.sent.clone(),
+        );
+        self.registry.register(
+            "command_acks",
+            "Command acknowledgements from agents, by outcome (applied, failed)",
+            counters.acks.clone(),
+        );
+        self.registry.register(
+            "commands_refused",
+            "Commands refused before reaching an agent, by reason",
+            counters.refused.clone(),
+        );
+    }
+
+    /// Counts a curve taken, or refused for `reason`.
+    pub fn curve(&self, rejected: Option<&'static str>) {
+        match rejected {
+            None => {
+                self.curves_accepted.inc();
+            }
+            Some(reason) => {
+                self.curves_rejected
+                    .get_or_create(&RejectLabels { reason })
+                    .inc();
+            }
         }
     }
 
@@ -97,21 +147,28 @@ impl Metrics {
 pub struct AdminState {
     metrics: Arc<Metrics>,
     ready: Arc<AtomicBool>,
+    pub(super) reports: Option<super::reports_http::Reports>,
 }
 
 impl AdminState {
     pub fn new(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Self {
-        Self { metrics, ready }
+        Self {
+            metrics,
+            ready,
+            reports: None,
+        }
     }
 }
 
 /// The admin routes.
 pub fn router(state: AdminState) -> Router {
+    let reports = state.reports.clone().map(|r| r.router());
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+        .merge(reports.unwrap_or_default())
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

@@ -6,6 +6,12 @@
 //! its baseline and meters nothing; every later one meters `counter - previous counter`. A
 //! sample that is dropped or rejected therefore loses resolution, not energy: the next accepted
 //! sample's delta covers the gap.
+//!
+//! Counter epochs: a sample names the run of its counter (`Sample.counter_epoch`: a boot, a
+//! driver load, a restarted source). A sample from a new epoch starts a new baseline and
+//! meters nothing, as the first sample does; without epochs a restarted counter would read as
+//! one that went backwards and every sample after it would be refused. What the device drew
+//! between the old run's last sample and the new run's first is not metered: no counter saw it.
 
 use offpeak_proto::v1::Sample;
 use thiserror::Error;
@@ -51,11 +57,38 @@ impl Rejection {
 pub struct DeviceMeter {
     /// The counter of the last accepted sample; `None` until the first.
     last_counter_mj: Option<u64>,
+    /// The counter epoch of the last accepted sample.
+    epoch: u64,
     /// Energy metered so far, millijoules.
     metered_mj: u64,
 }
 
+/// A meter's whole state, as it is persisted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MeterState {
+    pub last_counter_mj: Option<u64>,
+    pub epoch: u64,
+    pub metered_mj: u64,
+}
+
 impl DeviceMeter {
+    /// A meter carrying on from a persisted state.
+    pub fn from_state(state: MeterState) -> Self {
+        Self {
+            last_counter_mj: state.last_counter_mj,
+            epoch: state.epoch,
+            metered_mj: state.metered_mj,
+        }
+    }
+
+    pub fn state(&self) -> MeterState {
+        MeterState {
+            last_counter_mj: self.last_counter_mj,
+            epoch: self.epoch,
+            metered_mj: self.metered_mj,
+        }
+    }
+
     /// Energy metered so far, millijoules.
     pub fn metered_mj(&self) -> u64 {
         self.metered_mj
@@ -67,6 +100,15 @@ impl DeviceMeter {
         check_power(sample.power_watts)?;
         let delta = match self.last_counter_mj {
             None => 0,
+            Some(_) if sample.counter_epoch != self.epoch => {
+                tracing::info!(
+                    device = %sample.device_uuid,
+                    from = self.epoch,
+                    to = sample.counter_epoch,
+                    "the energy counter restarted (new epoch); new baseline"
+                );
+                0
+            }
             Some(previous_mj) if sample.energy_mj < previous_mj => {
                 return Err(Rejection::CounterWentBackwards {
                     previous_mj,
@@ -76,6 +118,7 @@ impl DeviceMeter {
             Some(previous_mj) => sample.energy_mj - previous_mj,
         };
         self.last_counter_mj = Some(sample.energy_mj);
+        self.epoch = sample.counter_epoch;
         // 2^64 mJ is 5 TWh; saturating only matters for a counter that lies.
         self.metered_mj = self.metered_mj.saturating_add(delta);
         Ok(delta)
@@ -142,5 +185,24 @@ mod tests {
         // The rejected samples left the baseline where it was.
         assert_eq!(m.meter(&sample(100.0, 7_000)), Ok(2_000));
         assert_eq!(m.metered_mj(), 2_000);
+    }
+
+    #[test]
+    fn a_new_counter_epoch_is_a_new_baseline_not_a_backwards_counter() {
+        let mut m = DeviceMeter::default();
+        let at = |epoch: u64, energy_mj: u64| Sample {
+            counter_epoch: epoch,
+            ..sample(100.0, energy_mj)
+        };
+        assert_eq!(m.meter(&at(1, 50_000)), Ok(0));
+        assert_eq!(m.meter(&at(1, 80_000)), Ok(30_000));
+        // The source restarted: its counter starts again near zero.
+        assert_eq!(m.meter(&at(2, 1_000)), Ok(0));
+        assert_eq!(m.meter(&at(2, 4_000)), Ok(3_000));
+        assert_eq!(m.metered_mj(), 33_000);
+        // Within an epoch, backwards is still backwards.
+        assert!(m.meter(&at(2, 3_000)).is_err());
+        let restored = DeviceMeter::from_state(m.state());
+        assert_eq!(restored, m);
     }
 }

@@ -7,16 +7,23 @@
 //! - [`grpc`]: the tonic `AgentService` and the one conversion of [`ServiceError`] into a
 //!   `tonic::Status`;
 //! - [`admin`]: `/healthz`, `/readyz` and `/metrics` (Prometheus text) over axum;
+//! - [`commands`]: the command path (power limits down, acknowledgements up) the planning
+//!   cycle drives through [`CommandCenter`];
+//! - [`curves`]: the agents' power curves, as the planner's profiles ([`CurveStore`]);
+//! - [`store`]: the registry's SQLite persistence (`offpeak serve --state FILE`);
+//! - the placement API ([`crate::placement`]) on the same gRPC listener, when configured, with
+//!   its planning cycle running beside the servers;
 //! - here: [`ServiceConfig`], [`bind`] / [`Bound::serve`] and [`run`], which bind both
 //!   listeners, report the bound addresses and shut both down gracefully.
-//!
-//! Not here yet (issue 4): the command path (power limits down, acknowledgements up), the curve
-//! store feeding the planner, and persistence of the registry and meters.
 
 pub mod admin;
+pub mod commands;
+pub mod curves;
 pub mod grpc;
 pub mod metering;
 pub mod registry;
+pub mod reports_http;
+pub mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -29,6 +36,8 @@ use tokio::sync::watch;
 use tracing::{Instrument as _, info, info_span};
 
 pub use admin::Metrics;
+pub use commands::{CommandCenter, CommandId, CommandState};
+pub use curves::CurveStore;
 pub use registry::NodeRegistry;
 
 /// Where to listen, and the registry to serve.
@@ -38,9 +47,20 @@ pub struct ServiceConfig {
     pub grpc_addr: SocketAddr,
     /// The admin HTTP listener.
     pub admin_addr: SocketAddr,
-    /// The registry to serve. A fresh one for a real start; tests hand the same one to a
-    /// restarted server to stand in for the persistence that does not exist yet.
+    /// The registry to serve: in memory ([`NodeRegistry::new`]) or on a SQLite file
+    /// ([`NodeRegistry::open`]), which a restarted scheduler reopens.
     pub registry: NodeRegistry,
+    /// The command path over `registry` (`CommandCenter::new(registry.clone())`), shared with
+    /// the planning cycle.
+    pub commands: CommandCenter,
+    /// The agents' power curves, shared with the planning cycle.
+    pub curves: CurveStore,
+    /// The ledger `GET /reports/{month}` reads on the admin port (none: not served).
+    pub reports: Option<reports_http::Reports>,
+    /// The live planning cycle and its `PlacementService` (none: not served). Its profiles
+    /// are layered under `curves`: a measured curve replaces the configured profile of the
+    /// same name.
+    pub placement: Option<crate::placement::PlacementConfig>,
 }
 
 /// Why a sample stream could not be ingested.
@@ -82,11 +102,19 @@ pub enum ServiceError {
         reason: IngestFailure,
     },
     #[error("opening the command stream: {0}")]
-    Commands(&'static str),
+    Commands(#[source] commands::AckFailure),
     #[error("reporting a command acknowledgement: {0}")]
-    ReportAck(&'static str),
+    ReportAck(#[source] commands::AckFailure),
+    #[error("opening the scheduler state: {0}")]
+    OpenState(#[source] store::StoreError),
+    #[error("saving the scheduler state (the stream is not confirmed; the agent replays it): {0}")]
+    PersistState(#[source] store::StoreError),
+    #[error("opening the ledger for reports")]
+    OpenLedger(#[source] crate::ledger::LedgerError),
     #[error("starting the async runtime: {0}")]
     StartRuntime(#[source] std::io::Error),
+    #[error(transparent)]
+    Placement(crate::placement::PlacementError),
 }
 
 /// `offpeak serve`: where to listen.
@@ -98,6 +126,21 @@ pub struct ServeArgs {
     /// Address of the admin HTTP listener: /healthz, /readyz, /metrics.
     #[arg(long, env = "OFFPEAK_ADMIN_ADDR", default_value = "0.0.0.0:7701")]
     pub admin_addr: SocketAddr,
+    #[command(flatten)]
+    pub reports: reports_http::ReportsArgs,
+    /// SQLite file keeping the node registry and energy meters across restarts (created if
+    /// missing). Without it they are kept in memory and a restart starts from zero.
+    #[arg(long, env = "OFFPEAK_STATE")]
+    pub state: Option<std::path::PathBuf>,
+    /// The placement file (cluster, profiles, signals, planning settings; see
+    /// docs/placement.md): serves the PlacementService and runs the live planning cycle.
+    /// Without it only node agents are served.
+    #[arg(long, env = "OFFPEAK_PLACEMENT_CONFIG")]
+    pub placement_config: Option<std::path::PathBuf>,
+    /// SQLite file keeping the placement's committed runs across restarts (created if
+    /// missing). Without it they are kept in memory.
+    #[arg(long, env = "OFFPEAK_PLACEMENT_DB", requires = "placement_config")]
+    pub placement_db: Option<std::path::PathBuf>,
 }
 
 /// Runs `offpeak serve` on its own runtime until ctrl-c (or SIGINT).
@@ -106,10 +149,30 @@ pub fn serve_until_ctrl_c(args: &ServeArgs) -> Result<(), ServiceError> {
         .enable_all()
         .build()
         .map_err(ServiceError::StartRuntime)?;
+    let registry = match &args.state {
+        Some(path) => NodeRegistry::open(path).map_err(ServiceError::OpenState)?,
+        None => NodeRegistry::new(),
+    };
     let config = ServiceConfig {
         grpc_addr: args.grpc_addr,
         admin_addr: args.admin_addr,
-        registry: NodeRegistry::new(),
+        registry: registry.clone(),
+        commands: CommandCenter::new(registry),
+        curves: CurveStore::new(),
+        reports: reports_http::Reports::from_args(&args.reports).map_err(ServiceError::OpenLedger)?,
+        placement: match &args.placement_config {
+            Some(path) => Some(
+                crate::placement::config::load(
+                    path,
+                    Arc::new(crate::placement::SystemClock),
+                    args.placement_db.clone(),
+                )
+                .map_err(|e| {
+                    ServiceError::Placement(crate::placement::PlacementError::LoadConfig(e))
+                })?,
+            ),
+            None => None,
+        },
     };
     runtime.block_on(run(
         config,
@@ -138,6 +201,10 @@ pub struct Bound {
     admin: TcpListener,
     addrs: BoundAddrs,
     registry: NodeRegistry,
+    commands: CommandCenter,
+    curves: CurveStore,
+    reports: Option<reports_http::Reports>,
+    placement: Option<(crate::placement::Placement, crate::placement::Cycle)>,
 }
 
 /// Binds the gRPC and admin listeners.
@@ -154,6 +221,16 @@ pub async fn bind(config: ServiceConfig) -> Result<Bound, ServiceError> {
             addr: config.admin_addr,
             source,
         })?;
+    let placement = match config.placement {
+        Some(mut p) => {
+            p.profiles = crate::placement::cluster::measured_first(config.curves.clone(), p.profiles);
+            Some(
+                crate::placement::Placement::open(p, config.registry.clone())
+                    .map_err(ServiceError::Placement)?,
+            )
+        }
+        None => None,
+    };
     let local = |l: &TcpListener, requested: SocketAddr| l.local_addr().unwrap_or(requested);
     let addrs = BoundAddrs {
         grpc: local(&grpc, config.grpc_addr),
@@ -164,6 +241,10 @@ pub async fn bind(config: ServiceConfig) -> Result<Bound, ServiceError> {
         admin,
         addrs,
         registry: config.registry,
+        commands: config.commands,
+        curves: config.curves,
+        reports: config.reports,
+        placement,
     })
 }
 
@@ -179,31 +260,54 @@ impl Bound {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
         let span = info_span!("serve", grpc = %self.addrs.grpc, admin = %self.addrs.admin);
         async move {
-            let metrics = Arc::new(Metrics::new());
+            let mut metrics = Metrics::new();
+            metrics.register_commands(self.commands.counters());
+            let metrics = Arc::new(metrics);
             let ready = Arc::new(AtomicBool::new(false));
             let (stop_tx, stop_rx) = watch::channel(false);
             let service = grpc::AgentServiceImpl::new(
                 self.registry.clone(),
+                self.commands.clone(),
+                self.curves.clone(),
                 Arc::clone(&metrics),
                 stop_rx.clone(),
             );
-            let grpc_server = grpc::serve(self.grpc, service, wait_for_stop(stop_rx.clone()));
+            let (placement, cycle) = self.placement.unzip();
+            let placement_service = placement
+                .clone()
+                .map(crate::placement::grpc::PlacementServiceImpl::new);
+            let grpc_server = grpc::serve(
+                self.grpc,
+                service,
+                placement_service,
+                wait_for_stop(stop_rx.clone()),
+            );
+            let cycle = async {
+                if let Some(cycle) = cycle {
+                    cycle.run().await;
+                }
+                Ok(())
+            };
             let admin_server = admin::serve(
                 self.admin,
-                admin::AdminState::new(Arc::clone(&metrics), Arc::clone(&ready)),
+                admin::AdminState::new(Arc::clone(&metrics), Arc::clone(&ready))
+                    .with_reports(self.reports),
                 wait_for_stop(stop_rx),
             );
             let signal = async {
                 shutdown.await;
                 info!("shutting down");
                 ready.store(false, Ordering::SeqCst);
+                if let Some(p) = &placement {
+                    p.shutdown();
+                }
                 // Nobody listening only means both servers already ended.
                 let _ = stop_tx.send(true);
             };
             ready.store(true, Ordering::SeqCst);
             info!("serving");
             // The first server to fail ends the others; otherwise all three end with the signal.
-            tokio::try_join!(grpc_server, admin_server, async {
+            tokio::try_join!(grpc_server, admin_server, cycle, async {
                 signal.await;
                 Ok(())
             })?;

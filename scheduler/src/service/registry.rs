@@ -1,21 +1,41 @@
-//! The node registry: which agents exist, on which node and zone, with which devices, how far
-//! each agent's batch sequence has got, and each device's energy meter.
+//! The node registry: which agents exist, on which node and zone, with which devices (and
+//! their power-limit ranges), how far each agent's batch sequence has got, and each device's
+//! energy meter.
 //!
-//! In memory only for now: a scheduler restart keeps it only when the new server is handed the
-//! same [`NodeRegistry`] (what the restart test does). Persisting it belongs to the ledger.
+//! In memory, optionally backed by a [`StateStore`] (a SQLite file): agents changed since the
+//! last save are written by [`NodeRegistry::persist`], which the gRPC layer calls before it
+//! confirms a sample stream, so what an agent was told is metered is on disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use offpeak_proto::v1::{RegisterRequest, SampleBatch};
 
 use super::ServiceError;
 use super::metering::{DeviceMeter, Rejection};
+use super::store::{AgentRecord, DeviceRecord, PodEnergy, StateStore, StoreError};
+
+/// The power-limit range of a device, in whole watts (all zero: not settable).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimitRange {
+    pub min_watts: u32,
+    pub max_watts: u32,
+    pub default_watts: u32,
+}
+
+impl LimitRange {
+    /// Whether the device's limit can be set at all.
+    pub fn settable(&self) -> bool {
+        self.max_watts > 0
+    }
+}
 
 /// A registered device.
 #[derive(Debug, Clone)]
 struct DeviceEntry {
     model: String,
+    range: LimitRange,
     meter: DeviceMeter,
 }
 
@@ -27,6 +47,9 @@ struct AgentEntry {
     devices: BTreeMap<String, DeviceEntry>,
     /// The highest batch sequence accepted; batches at or below it are replays.
     last_sequence: u64,
+    /// Energy metered while a pod used the device, by (namespace, pod): each counter delta
+    /// goes to the pod the sample that closes it names.
+    pods: BTreeMap<(String, String), u64>,
 }
 
 #[derive(Debug, Default)]
@@ -34,6 +57,8 @@ struct State {
     agents: HashMap<String, AgentEntry>,
     agent_by_node: HashMap<String, String>,
     next_agent: u64,
+    /// Agents changed since they were last saved.
+    dirty: HashSet<String>,
 }
 
 /// What the registry did with one batch.
@@ -47,6 +72,8 @@ pub struct BatchOutcome {
     pub rejected: Vec<(String, Rejection)>,
     /// Energy metered from this batch, millijoules.
     pub energy_mj: u64,
+    /// The batch was a replay of one already metered: nothing in it counts (curves neither).
+    pub replay: bool,
 }
 
 /// A registration's answer.
@@ -57,15 +84,90 @@ pub struct Registration {
     pub last_sequence: u64,
 }
 
-/// The registry, shared by the gRPC handlers (and, in tests, across a restart).
+/// A registered device, as the command path needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredDevice {
+    pub agent_id: String,
+    pub node: String,
+    pub uuid: String,
+    pub model: String,
+    pub range: LimitRange,
+}
+
+/// A registered node: (agent id, node, zone, device models).
+pub type NodeSummary = (String, String, String, Vec<String>);
+
+/// The registry, shared by the gRPC handlers and the planning cycle.
 #[derive(Debug, Clone, Default)]
 pub struct NodeRegistry {
     state: Arc<Mutex<State>>,
+    store: Option<Arc<StateStore>>,
 }
 
 impl NodeRegistry {
+    /// A registry in memory only: a scheduler restart starts it empty.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A registry backed by the SQLite file at `path`, with what it holds.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::with_store(StateStore::open(path)?)
+    }
+
+    /// A registry backed by `store`, with what it holds.
+    pub fn with_store(store: StateStore) -> Result<Self, StoreError> {
+        let mut state = State::default();
+        for a in store.load()? {
+            if let Some(n) = a
+                .agent_id
+                .strip_prefix("agent-")
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                state.next_agent = state.next_agent.max(n);
+            }
+            let devices = a
+                .devices
+                .into_iter()
+                .map(|d| {
+                    let entry = DeviceEntry {
+                        model: d.model,
+                        range: LimitRange {
+                            min_watts: d.min_limit_watts,
+                            max_watts: d.max_limit_watts,
+                            default_watts: d.default_limit_watts,
+                        },
+                        meter: DeviceMeter::from_state(d.meter),
+                    };
+                    (d.uuid, entry)
+                })
+                .collect();
+            let pods = a
+                .pods
+                .into_iter()
+                .map(|p| ((p.namespace, p.pod), p.metered_mj))
+                .collect();
+            state.agent_by_node.insert(a.node.clone(), a.agent_id.clone());
+            state.agents.insert(
+                a.agent_id,
+                AgentEntry {
+                    node: a.node,
+                    zone: a.zone,
+                    devices,
+                    last_sequence: a.last_sequence,
+                    pods,
+                },
+            );
+        }
+        Ok(Self {
+            state: Arc::new(Mutex::new(state)),
+            store: Some(Arc::new(store)),
+        })
+    }
+
+    /// Whether changes are persisted.
+    pub fn is_persistent(&self) -> bool {
+        self.store.is_some()
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -74,6 +176,27 @@ impl NodeRegistry {
         self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes every agent changed since the last save (nothing without a store). Returns how
+    /// many were written. On failure they stay marked as changed, for the next call.
+    pub fn persist(&self) -> Result<usize, StoreError> {
+        let Some(store) = &self.store else {
+            return Ok(0);
+        };
+        let mut taken = HashSet::new();
+        let result = store.save_with(|| {
+            let mut state = self.lock();
+            taken = std::mem::take(&mut state.dirty);
+            taken
+                .iter()
+                .filter_map(|id| state.agents.get(id).map(|a| record(id, a)))
+                .collect()
+        });
+        if result.is_err() {
+            self.lock().dirty.extend(taken);
+        }
+        result
     }
 
     /// Registers a node's agent, or re-registers it: the same node gets the same agent id back,
@@ -87,13 +210,26 @@ impl NodeRegistry {
         if request.node.trim().is_empty() {
             return Err(fail("the node name is empty".into()));
         }
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         for d in &request.devices {
             if d.uuid.trim().is_empty() {
                 return Err(fail("a device has an empty UUID".into()));
             }
             if !seen.insert(d.uuid.as_str()) {
                 return Err(fail(format!("device {:?} is listed twice", d.uuid)));
+            }
+            let (min, max, default) = (
+                d.min_power_limit_watts,
+                d.max_power_limit_watts,
+                d.default_power_limit_watts,
+            );
+            let none = min == 0 && max == 0 && default == 0;
+            if !none && !(min <= default && default <= max && max > 0) {
+                return Err(fail(format!(
+                    "device {:?}: power-limit range {min}–{max} W with default {default} W is \
+                     inconsistent (need min ≤ default ≤ max)",
+                    d.uuid
+                )));
             }
         }
         let mut state = self.lock();
@@ -114,6 +250,7 @@ impl NodeRegistry {
                 zone: request.zone.clone(),
                 devices: BTreeMap::new(),
                 last_sequence: 0,
+                pods: BTreeMap::new(),
             });
         entry.zone = request.zone.clone();
         let mut devices = BTreeMap::new();
@@ -127,14 +264,21 @@ impl NodeRegistry {
                 d.uuid.clone(),
                 DeviceEntry {
                     model: d.model.clone(),
+                    range: LimitRange {
+                        min_watts: d.min_power_limit_watts,
+                        max_watts: d.max_power_limit_watts,
+                        default_watts: d.default_power_limit_watts,
+                    },
                     meter,
                 },
             );
         }
         entry.devices = devices;
+        let last_sequence = entry.last_sequence;
+        state.dirty.insert(agent_id.clone());
         Ok(Registration {
             agent_id,
-            last_sequence: entry.last_sequence,
+            last_sequence,
         })
     }
 
@@ -142,7 +286,8 @@ impl NodeRegistry {
     /// a replay and is counted, not metered; samples are checked one by one, so one bad sample
     /// does not cost its batch-mates.
     pub fn ingest(&self, batch: &SampleBatch) -> Result<BatchOutcome, ServiceError> {
-        let mut state = self.lock();
+        let mut guard = self.lock();
+        let state = &mut *guard;
         let Some(agent) = state.agents.get_mut(&batch.agent_id) else {
             return Err(ServiceError::Ingest {
                 agent_id: batch.agent_id.clone(),
@@ -152,6 +297,7 @@ impl NodeRegistry {
         let mut outcome = BatchOutcome::default();
         if batch.sequence <= agent.last_sequence {
             outcome.duplicates = batch.samples.len() as u64;
+            outcome.replay = true;
             return Ok(outcome);
         }
         agent.last_sequence = batch.sequence;
@@ -164,11 +310,75 @@ impl NodeRegistry {
                 Ok(delta) => {
                     outcome.accepted += 1;
                     outcome.energy_mj += delta;
+                    if let Some(pod) = sample.pod.as_ref().filter(|p| !p.pod.is_empty()) {
+                        let e = agent
+                            .pods
+                            .entry((pod.namespace.clone(), pod.pod.clone()))
+                            .or_default();
+                        *e = e.saturating_add(delta);
+                    }
                 }
                 Err(r) => outcome.rejected.push((sample.device_uuid.clone(), r)),
             }
         }
+        if !state.dirty.contains(&batch.agent_id) {
+            state.dirty.insert(batch.agent_id.clone());
+        }
         Ok(outcome)
+    }
+
+    /// Whether an agent id is registered.
+    pub fn knows_agent(&self, agent_id: &str) -> bool {
+        self.lock().agents.contains_key(agent_id)
+    }
+
+    /// The highest batch sequence accepted from an agent.
+    pub fn last_sequence(&self, agent_id: &str) -> Option<u64> {
+        self.lock().agents.get(agent_id).map(|a| a.last_sequence)
+    }
+
+    /// A device of a node, as registered; `Err` names what is unknown.
+    pub fn device(&self, node: &str, uuid: &str) -> Result<RegisteredDevice, UnknownDevice> {
+        let state = self.lock();
+        let agent_id = state
+            .agent_by_node
+            .get(node)
+            .ok_or_else(|| UnknownDevice::Node(node.to_owned()))?;
+        let agent = state
+            .agents
+            .get(agent_id)
+            .ok_or_else(|| UnknownDevice::Node(node.to_owned()))?;
+        let device = agent
+            .devices
+            .get(uuid)
+            .ok_or_else(|| UnknownDevice::Device(uuid.to_owned()))?;
+        Ok(RegisteredDevice {
+            agent_id: agent_id.clone(),
+            node: node.to_owned(),
+            uuid: uuid.to_owned(),
+            model: device.model.clone(),
+            range: device.range,
+        })
+    }
+
+    /// Every registered device, by node then UUID.
+    pub fn devices(&self) -> Vec<RegisteredDevice> {
+        let state = self.lock();
+        let mut out: Vec<RegisteredDevice> = state
+            .agents
+            .iter()
+            .flat_map(|(id, a)| {
+                a.devices.iter().map(|(uuid, d)| RegisteredDevice {
+                    agent_id: id.clone(),
+                    node: a.node.clone(),
+                    uuid: uuid.clone(),
+                    model: d.model.clone(),
+                    range: d.range,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.node, &a.uuid).cmp(&(&b.node, &b.uuid)));
+        out
     }
 
     /// Energy metered per device, millijoules, keyed by (node, device UUID).
@@ -185,8 +395,22 @@ impl NodeRegistry {
             .collect()
     }
 
+    /// Energy metered per pod, millijoules, keyed by (namespace, pod): per-job metering for
+    /// the ledger (a job's workers are its pods).
+    pub fn energy_by_pod(&self) -> BTreeMap<(String, String), u64> {
+        let state = self.lock();
+        let mut out: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for a in state.agents.values() {
+            for (key, mj) in &a.pods {
+                let e = out.entry(key.clone()).or_default();
+                *e = e.saturating_add(*mj);
+            }
+        }
+        out
+    }
+
     /// The registered nodes: (agent id, node, zone, device models).
-    pub fn nodes(&self) -> Vec<(String, String, String, Vec<String>)> {
+    pub fn nodes(&self) -> Vec<NodeSummary> {
         let state = self.lock();
         let mut nodes: Vec<_> = state
             .agents
@@ -205,6 +429,45 @@ impl NodeRegistry {
     }
 }
 
+/// What a device lookup did not find.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownDevice {
+    #[error("node {0:?} is not registered")]
+    Node(String),
+    #[error("device {0:?} is not in the node's registered inventory")]
+    Device(String),
+}
+
+fn record(agent_id: &str, a: &AgentEntry) -> AgentRecord {
+    AgentRecord {
+        agent_id: agent_id.to_owned(),
+        node: a.node.clone(),
+        zone: a.zone.clone(),
+        last_sequence: a.last_sequence,
+        devices: a
+            .devices
+            .iter()
+            .map(|(uuid, d)| DeviceRecord {
+                uuid: uuid.clone(),
+                model: d.model.clone(),
+                min_limit_watts: d.range.min_watts,
+                max_limit_watts: d.range.max_watts,
+                default_limit_watts: d.range.default_watts,
+                meter: d.meter.state(),
+            })
+            .collect(),
+        pods: a
+            .pods
+            .iter()
+            .map(|((namespace, pod), mj)| PodEnergy {
+                namespace: namespace.clone(),
+                pod: pod.clone(),
+                metered_mj: *mj,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use offpeak_proto::v1::{Device, Sample};
@@ -218,7 +481,9 @@ mod tests {
             devices: vec![Device {
                 uuid: format!("{node}-gpu0"),
                 model: "V100".into(),
-                ..Device::default()
+                min_power_limit_watts: 100,
+                max_power_limit_watts: 250,
+                default_power_limit_watts: 250,
             }],
         };
         match reg.register(&request) {
@@ -275,5 +540,76 @@ mod tests {
             reg.register(&empty),
             Err(ServiceError::Register { .. })
         ));
+    }
+
+    #[test]
+    fn inconsistent_limit_ranges_are_refused() {
+        let reg = NodeRegistry::new();
+        let request = |min, max, default| RegisterRequest {
+            node: "n".into(),
+            zone: "z".into(),
+            devices: vec![Device {
+                uuid: "GPU-0".into(),
+                model: "m".into(),
+                min_power_limit_watts: min,
+                max_power_limit_watts: max,
+                default_power_limit_watts: default,
+            }],
+        };
+        assert!(reg.register(&request(100, 250, 300)).is_err());
+        assert!(reg.register(&request(300, 250, 250)).is_err());
+        assert!(reg.register(&request(100, 250, 250)).is_ok());
+        // No limit control at all is fine.
+        assert!(reg.register(&request(0, 0, 0)).is_ok());
+        assert_eq!(
+            reg.device("n", "GPU-0").map(|d| d.range.settable()),
+            Ok(false)
+        );
+        assert_eq!(
+            reg.device("n", "GPU-9"),
+            Err(UnknownDevice::Device("GPU-9".into()))
+        );
+        assert_eq!(
+            reg.device("m", "GPU-0"),
+            Err(UnknownDevice::Node("m".into()))
+        );
+    }
+
+    #[test]
+    fn a_persistent_registry_reopens_with_meters_sequences_and_ids()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.db");
+        let (a, b) = {
+            let reg = NodeRegistry::open(&path)?;
+            let a = register(&reg, "n1");
+            let b = register(&reg, "n2");
+            reg.ingest(&batch(&a.agent_id, 1, "n1-gpu0", 10))?;
+            reg.ingest(&batch(&a.agent_id, 2, "n1-gpu0", 70))?;
+            assert_eq!(reg.persist()?, 2);
+            // Nothing changed since: nothing to write.
+            assert_eq!(reg.persist()?, 0);
+            // Metered but never persisted: lost with the process, replayed by the agent.
+            reg.ingest(&batch(&a.agent_id, 3, "n1-gpu0", 90))?;
+            (a, b)
+        };
+        let reg = NodeRegistry::open(&path)?;
+        assert_eq!(register(&reg, "n1"), Registration {
+            agent_id: a.agent_id.clone(),
+            last_sequence: 2,
+        });
+        let dup = reg.ingest(&batch(&a.agent_id, 2, "n1-gpu0", 70))?;
+        assert!(dup.replay);
+        reg.ingest(&batch(&a.agent_id, 3, "n1-gpu0", 90))?;
+        assert_eq!(
+            reg.energy_by_device()
+                .get(&("n1".to_string(), "n1-gpu0".to_string())),
+            Some(&80)
+        );
+        assert_eq!(reg.device("n1", "n1-gpu0")?.range.max_watts, 250);
+        // A new node after the restart does not reuse an id.
+        let c = register(&reg, "n3");
+        assert!(c.agent_id != a.agent_id && c.agent_id != b.agent_id);
+        Ok(())
     }
 }

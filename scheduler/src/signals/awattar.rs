@@ -56,6 +56,11 @@ impl SignalProvider for Awattar {
         PROVIDER
     }
 
+    /// aWATTar publishes the next day's EPEX prices in the early afternoon, Vienna time.
+    fn publication(&self) -> super::Publication {
+        super::publication::daily(14, 0, chrono_tz::Europe::Vienna)
+    }
+
     async fn fetch(&self, window: Window) -> Result<PriceSeries, SignalError> {
         let body = self.fetcher.get(PROVIDER, &self.url(window), &[]).await?;
         parse(&body, &self.zone)

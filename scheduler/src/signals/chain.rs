@@ -17,18 +17,14 @@ use std::fmt;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::awattar::Awattar;
-use super::config::{CarbonSourceConfig, CsvPlace, KeySource, PriceSourceConfig, ZoneConfig};
-use super::csv_import::{CarbonUnit, CsvLocation, CsvSource, PriceUnit};
-use super::electricity_maps::ElectricityMaps;
-use super::entsoe::Entsoe;
-use super::octopus::OctopusAgile;
-use super::uk_carbon::UkCarbonIntensity;
+use super::config::ZoneConfig;
 use super::{
-    ApiKey, HttpFetcher, Quality, Series, SignalError, SignalProvider, SignalUnit, Window,
+    FetchFailure, HttpFetcher, Quality, Series, SignalError, SignalProvider, SignalUnit, Window,
 };
 use crate::planner::forecast;
 use crate::units::{GramsPerKwh, PricePerMwh};
+
+pub use super::sources::{CarbonProvider, PriceProvider};
 
 const MINUTES_PER_DAY: u32 = 24 * 60;
 /// Instants in messages: to the minute, as slots are.
@@ -139,6 +135,69 @@ pub struct Attempt {
     pub provider: &'static str,
     pub position: usize,
     pub outcome: Outcome,
+    /// For a failed attempt, when asking again may help; `None` for any other outcome.
+    pub retry: Option<Retry>,
+}
+
+/// When a failed source is worth asking again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// The failure may pass (a timeout, a connection refused or cut, HTTP 408, 429 or 5xx):
+    /// ask again after a backoff, and not before `not_before` when the server said so
+    /// (`Retry-After`).
+    Soon {
+        not_before: Option<DateTime<Utc>>,
+    },
+    /// The answer itself is wrong (another HTTP status, a body that does not parse, an
+    /// unreadable key): asking again before the provider publishes again will not help.
+    NextPublication,
+}
+
+impl Retry {
+    /// How `e`, seen at `now`, should be retried.
+    pub fn of(e: &SignalError, now: DateTime<Utc>) -> Self {
+        match e {
+            SignalError::Fetching { failure, .. } => match failure {
+                FetchFailure::Timeout(_) | FetchFailure::Transport(_) => {
+                    Retry::Soon { not_before: None }
+                }
+                FetchFailure::Status {
+                    status,
+                    retry_after,
+                    ..
+                } if *status == HTTP_REQUEST_TIMEOUT
+                    || *status == HTTP_TOO_MANY_REQUESTS
+                    || (HTTP_SERVER_ERRORS).contains(status) =>
+                {
+                    Retry::Soon {
+                        not_before: retry_after.as_deref().and_then(|r| retry_after_at(r, now)),
+                    }
+                }
+                FetchFailure::Status { .. } | FetchFailure::TooLarge { .. } => {
+                    Retry::NextPublication
+                }
+            },
+            SignalError::BuildingClient(_)
+            | SignalError::ReadingApiKey { .. }
+            | SignalError::Parsing { .. }
+            | SignalError::Normalising { .. } => Retry::NextPublication,
+        }
+    }
+}
+
+const HTTP_REQUEST_TIMEOUT: u16 = 408;
+const HTTP_TOO_MANY_REQUESTS: u16 = 429;
+const HTTP_SERVER_ERRORS: std::ops::RangeInclusive<u16> = 500..=599;
+
+/// A `Retry-After` value (seconds, or an HTTP date) as an instant, `None` if unreadable.
+pub fn retry_after_at(value: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u32>() {
+        return Some(now + Duration::seconds(i64::from(secs)));
+    }
+    DateTime::parse_from_rfc2822(v)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,6 +227,9 @@ pub struct Merged<U: SignalUnit> {
     pub attempts: Vec<Attempt>,
     /// Why the signal is degraded; `None` when the first choice answered fresh data.
     pub degraded: Option<String>,
+    /// What the source used says about its data besides the values (a tariff's periods and
+    /// unoptimised charges, ...), for provenance.
+    pub notes: Vec<String>,
 }
 
 impl<U: SignalUnit> Merged<U> {
@@ -212,179 +274,6 @@ impl ZoneSignals {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Providers built from the configuration.
-
-/// A price source of any kind.
-#[derive(Debug, Clone)]
-pub enum PriceProvider {
-    Csv(CsvSource<PriceUnit>),
-    Octopus(OctopusAgile),
-    Awattar(Awattar),
-    Entsoe(Entsoe),
-    /// A source that could not be built (its API key is unreadable): it fails every fetch.
-    Unavailable {
-        provider: &'static str,
-        reason: String,
-    },
-}
-
-impl SignalProvider for PriceProvider {
-    type Unit = PricePerMwh;
-
-    fn name(&self) -> &'static str {
-        match self {
-            PriceProvider::Csv(p) => p.name(),
-            PriceProvider::Octopus(p) => p.name(),
-            PriceProvider::Awattar(p) => p.name(),
-            PriceProvider::Entsoe(p) => p.name(),
-            PriceProvider::Unavailable { provider, .. } => provider,
-        }
-    }
-
-    async fn fetch(&self, window: Window) -> Result<Series<PricePerMwh>, SignalError> {
-        match self {
-            PriceProvider::Csv(p) => p.fetch(window).await,
-            PriceProvider::Octopus(p) => p.fetch(window).await,
-            PriceProvider::Awattar(p) => p.fetch(window).await,
-            PriceProvider::Entsoe(p) => p.fetch(window).await,
-            PriceProvider::Unavailable { provider, reason } => Err(SignalError::ReadingApiKey {
-                provider,
-                reason: reason.clone(),
-            }),
-        }
-    }
-}
-
-/// A carbon-intensity source of any kind.
-#[derive(Debug, Clone)]
-pub enum CarbonProvider {
-    UkCarbon(UkCarbonIntensity),
-    ElectricityMaps(ElectricityMaps),
-    Csv(CsvSource<CarbonUnit>),
-    /// A source that could not be built (its API key is unreadable): it fails every fetch.
-    Unavailable {
-        provider: &'static str,
-        reason: String,
-    },
-}
-
-impl SignalProvider for CarbonProvider {
-    type Unit = GramsPerKwh;
-
-    fn name(&self) -> &'static str {
-        match self {
-            CarbonProvider::UkCarbon(p) => p.name(),
-            CarbonProvider::ElectricityMaps(p) => p.name(),
-            CarbonProvider::Csv(p) => p.name(),
-            CarbonProvider::Unavailable { provider, .. } => provider,
-        }
-    }
-
-    async fn fetch(&self, window: Window) -> Result<Series<GramsPerKwh>, SignalError> {
-        match self {
-            CarbonProvider::UkCarbon(p) => p.fetch(window).await,
-            CarbonProvider::ElectricityMaps(p) => p.fetch(window).await,
-            CarbonProvider::Csv(p) => p.fetch(window).await,
-            CarbonProvider::Unavailable { provider, reason } => Err(SignalError::ReadingApiKey {
-                provider,
-                reason: reason.clone(),
-            }),
-        }
-    }
-}
-
-fn read_key(provider: &'static str, key: &KeySource) -> Result<ApiKey, SignalError> {
-    match key {
-        KeySource::Env(var) => ApiKey::from_env(provider, var),
-        KeySource::File(path) => ApiKey::from_file(provider, path),
-    }
-}
-
-fn csv_location(place: &CsvPlace, fetcher: &HttpFetcher) -> CsvLocation {
-    match place {
-        CsvPlace::File(p) => CsvLocation::File(p.clone()),
-        CsvPlace::Url(u) => CsvLocation::Url {
-            fetcher: fetcher.clone(),
-            url: u.clone(),
-        },
-    }
-}
-
-impl PriceProvider {
-    /// Builds the source; an unreadable key gives [`PriceProvider::Unavailable`].
-    pub fn build(cfg: &PriceSourceConfig, zone: &str, fetcher: &HttpFetcher) -> Self {
-        match cfg {
-            PriceSourceConfig::Csv { import, place } => PriceProvider::Csv(CsvSource {
-                import: import.clone(),
-                location: csv_location(place, fetcher),
-            }),
-            PriceSourceConfig::Octopus {
-                base_url,
-                product,
-                tariff,
-                vat,
-            } => PriceProvider::Octopus(OctopusAgile::new(
-                fetcher.clone(),
-                base_url,
-                product,
-                tariff,
-                *vat,
-            )),
-            PriceSourceConfig::Awattar { base_url } => {
-                PriceProvider::Awattar(Awattar::new(fetcher.clone(), base_url, zone))
-            }
-            PriceSourceConfig::Entsoe {
-                base_url,
-                eic,
-                key,
-                sequence,
-            } => match read_key(super::entsoe::PROVIDER, key) {
-                Ok(k) => PriceProvider::Entsoe(
-                    Entsoe::new(fetcher.clone(), base_url, k, eic, zone).with_sequence(*sequence),
-                ),
-                Err(e) => PriceProvider::Unavailable {
-                    provider: super::entsoe::PROVIDER,
-                    reason: e.to_string(),
-                },
-            },
-        }
-    }
-}
-
-impl CarbonProvider {
-    /// Builds the source; an unreadable key gives [`CarbonProvider::Unavailable`].
-    pub fn build(cfg: &CarbonSourceConfig, fetcher: &HttpFetcher) -> Self {
-        match cfg {
-            CarbonSourceConfig::UkCarbon { base_url, scope } => {
-                CarbonProvider::UkCarbon(UkCarbonIntensity::new(fetcher.clone(), base_url, *scope))
-            }
-            CarbonSourceConfig::ElectricityMaps {
-                base_url,
-                zone,
-                key,
-                endpoint,
-            } => match read_key(super::electricity_maps::PROVIDER, key) {
-                Ok(k) => CarbonProvider::ElectricityMaps(ElectricityMaps::new(
-                    fetcher.clone(),
-                    base_url,
-                    k,
-                    zone,
-                    *endpoint,
-                )),
-                Err(e) => CarbonProvider::Unavailable {
-                    provider: super::electricity_maps::PROVIDER,
-                    reason: e.to_string(),
-                },
-            },
-            CarbonSourceConfig::Csv { import, place } => CarbonProvider::Csv(CsvSource {
-                import: import.clone(),
-                location: csv_location(place, fetcher),
-            }),
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // The chain.
 
 /// A series kept from an earlier fetch.
@@ -424,6 +313,21 @@ impl<P: SignalProvider> Chain<P> {
         }
     }
 
+    /// The chain's sources, first choice first.
+    pub fn sources(&self) -> &[P] {
+        &self.sources
+    }
+
+    /// The zone the chain is for.
+    pub fn zone(&self) -> &str {
+        &self.zone
+    }
+
+    /// Which signal the chain carries.
+    pub fn kind(&self) -> SignalKind {
+        self.kind
+    }
+
     /// When the kept last good series was fetched, if there is one.
     pub fn last_good_fetched_at(&self) -> Option<DateTime<Utc>> {
         self.last_good.as_ref().map(|k| k.fetched_at)
@@ -448,6 +352,7 @@ impl<P: SignalProvider> Chain<P> {
                     provider,
                     position,
                     outcome: Outcome::NotAsked,
+                    retry: None,
                 });
                 continue;
             }
@@ -457,8 +362,12 @@ impl<P: SignalProvider> Chain<P> {
                 Ok(s) => on_slots(s, slot_minutes),
                 Err(e) => Err(e),
             };
+            let mut retry = None;
             let outcome = match answer {
-                Err(e) => Outcome::Failed(e.to_string()),
+                Err(e) => {
+                    retry = Some(Retry::of(&e, now));
+                    Outcome::Failed(e.to_string())
+                }
                 Ok((known_until, series)) => {
                     let kept = Kept {
                         series,
@@ -487,6 +396,7 @@ impl<P: SignalProvider> Chain<P> {
                 provider,
                 position,
                 outcome,
+                retry,
             });
         }
 
@@ -517,6 +427,11 @@ impl<P: SignalProvider> Chain<P> {
         if let Some(reason) = &degraded {
             tracing::warn!(zone = %self.zone, signal = %self.kind, %reason, "signal degraded");
         }
+        let notes = used
+            .as_ref()
+            .and_then(|k| self.sources.get(k.position - 1))
+            .map(SignalProvider::notes)
+            .unwrap_or_default();
         Ok(Merged {
             zone: self.zone.clone(),
             kind: self.kind,
@@ -525,6 +440,7 @@ impl<P: SignalProvider> Chain<P> {
             slots,
             attempts,
             degraded,
+            notes,
         })
     }
 
@@ -747,7 +663,7 @@ impl ZoneChain {
         let carbon = cfg
             .carbon
             .iter()
-            .map(|s| CarbonProvider::build(s, fetcher))
+            .map(|s| CarbonProvider::build_for(s, &cfg.name, fetcher))
             .collect();
         Self {
             zone: cfg.name.clone(),

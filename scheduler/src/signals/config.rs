@@ -26,6 +26,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use chrono::{Duration, FixedOffset};
 use chrono_tz::Tz;
@@ -33,10 +34,17 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::csv_import::{CarbonCsv, CarbonUnit, PriceCsv, PriceUnit, TimeBasis};
+use super::carbon_aware::Zeros;
 use super::electricity_maps::Endpoint;
 use super::octopus::Vat;
+use super::recorded::{RecordedCarbon, RecordedPrice};
+use super::watttime::{self, Place};
+use super::tariff::Tariff;
+use super::tariff::urdb::UrdbOptions;
 use super::uk_carbon::Scope;
-use super::{CarbonBasis, Currency, awattar, electricity_maps, entsoe, octopus, uk_carbon};
+use super::{
+    CarbonBasis, Currency, awattar, electricity_maps, entsoe, octopus, uk_carbon,
+};
 
 /// The slot length used when the file does not give one: the planner's hourly default, and
 /// the resolution of most day-ahead markets until 2025.
@@ -134,6 +142,24 @@ pub enum PriceSourceConfig {
         key: KeySource,
         sequence: u32,
     },
+    /// A time-of-use tariff, read and checked at load.
+    Tariff {
+        tariff: Arc<Tariff>,
+    },
+    /// A provider's answer saved to a file.
+    Recorded {
+        path: PathBuf,
+        format: RecordedPrice,
+    },
+}
+
+/// Where a Carbon Aware SDK forecast is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CarbonAwarePlace {
+    File(PathBuf),
+    Url(String),
+    /// The SDK's Web API at `base_url`, for `location`.
+    WebApi { base_url: String, location: String },
 }
 
 /// One carbon-intensity source, validated.
@@ -153,6 +179,51 @@ pub enum CarbonSourceConfig {
         import: CarbonCsv,
         place: CsvPlace,
     },
+    WattTime {
+        base_url: String,
+        place: Place,
+        signal: watttime::Signal,
+        endpoint: watttime::Endpoint,
+        horizon_hours: Option<u32>,
+        username: KeySource,
+        password: KeySource,
+    },
+    CarbonAware {
+        place: CarbonAwarePlace,
+        /// The SDK location to read from a document holding several.
+        location: Option<String>,
+        basis: CarbonBasis,
+        zeros: Zeros,
+    },
+    /// A provider's answer saved to a file.
+    Recorded {
+        path: PathBuf,
+        format: RecordedCarbon,
+    },
+}
+
+impl CarbonSourceConfig {
+    /// Whether the source gives marginal rates (`Some(true)`), average intensities
+    /// (`Some(false)`), or does not say (`None`).
+    fn marginal(&self) -> Option<bool> {
+        let of = |b: CarbonBasis| match b {
+            CarbonBasis::Marginal => Some(true),
+            CarbonBasis::Unspecified => None,
+            CarbonBasis::Direct | CarbonBasis::Lifecycle => Some(false),
+        };
+        match self {
+            CarbonSourceConfig::UkCarbon { .. } | CarbonSourceConfig::ElectricityMaps { .. } => {
+                Some(false)
+            }
+            CarbonSourceConfig::Csv { import, .. } => of(import.basis),
+            CarbonSourceConfig::WattTime { signal, .. } => of(signal.basis()),
+            CarbonSourceConfig::CarbonAware { basis, .. } => of(*basis),
+            CarbonSourceConfig::Recorded { format, .. } => match format {
+                RecordedCarbon::WattTime { signal, .. } => of(signal.basis()),
+                RecordedCarbon::UkCarbon | RecordedCarbon::ElectricityMaps => Some(false),
+            },
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -188,6 +259,8 @@ enum RawPriceSource {
     Octopus(RawOctopus),
     Awattar(RawAwattar),
     Entsoe(RawEntsoe),
+    Tariff(RawTariff),
+    Recorded(RawRecordedPrice),
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +269,76 @@ enum RawCarbonSource {
     UkCarbon(RawUkCarbon),
     ElectricityMaps(RawElectricityMaps),
     Csv(RawCsv),
+    #[serde(rename = "watttime")]
+    WattTime(RawWattTime),
+    CarbonAwareSdk(RawCarbonAware),
+    Recorded(RawRecordedCarbon),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWattTime {
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    latitude: Option<f64>,
+    #[serde(default)]
+    longitude: Option<f64>,
+    /// `marginal` or `average`: required, never defaulted.
+    signal: String,
+    #[serde(default)]
+    endpoint: Option<String>,
+    #[serde(default)]
+    horizon_hours: Option<u32>,
+    #[serde(default)]
+    username_env: Option<String>,
+    #[serde(default)]
+    username_file: Option<String>,
+    #[serde(default)]
+    password_env: Option<String>,
+    #[serde(default)]
+    password_file: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCarbonAware {
+    #[serde(default)]
+    path: Option<String>,
+    #[serde(default)]
+    url: Option<String>,
+    #[serde(default)]
+    base_url: Option<String>,
+    #[serde(default)]
+    location: Option<String>,
+    #[serde(default)]
+    basis: Option<String>,
+    #[serde(default)]
+    zeros: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecordedCarbon {
+    provider: String,
+    path: String,
+    #[serde(default)]
+    signal: Option<String>,
+    #[serde(default)]
+    endpoint: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRecordedPrice {
+    provider: String,
+    path: String,
+    #[serde(default)]
+    vat: Option<String>,
+    #[serde(default)]
+    sequence: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +397,22 @@ struct RawEntsoe {
     sequence: Option<u32>,
     #[serde(default)]
     base_url: Option<String>,
+}
+
+/// A tariff file: OpenEI URDB JSON (`.json`, which needs `time_zone`) or the hand-written YAML
+/// form (`.yaml`, `.yml`, which states everything itself).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTariff {
+    path: String,
+    #[serde(default)]
+    time_zone: Option<String>,
+    #[serde(default)]
+    tier: Option<usize>,
+    #[serde(default)]
+    label: Option<String>,
+    #[serde(default)]
+    holidays: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,10 +554,29 @@ impl Ctx<'_> {
             }
             price.push(source);
         }
-        let mut carbon = Vec::with_capacity(raw.carbon.len());
+        let mut carbon: Vec<CarbonSourceConfig> = Vec::with_capacity(raw.carbon.len());
+        let mut kind: Option<(bool, String)> = None;
         for (i, s) in raw.carbon.iter().enumerate() {
             let field = format!("{at}.carbon[{}]", i + 1);
-            carbon.push(self.carbon_source(&raw.name, &s.value, line(s), &field)?);
+            let source = self.carbon_source(&raw.name, &s.value, line(s), &field)?;
+            match (&kind, source.marginal()) {
+                (Some((first, first_field)), Some(this)) if *first != this => {
+                    let name = |m: bool| if m { "marginal" } else { "average" };
+                    return Err(self.invalid(
+                        line(s),
+                        &field,
+                        format!(
+                            "gives {} intensities, but {first_field} gives {} ones: a fallback \
+                             must measure the same thing",
+                            name(this),
+                            name(*first)
+                        ),
+                    ));
+                }
+                (None, Some(this)) => kind = Some((this, field.clone())),
+                _ => {}
+            }
+            carbon.push(source);
         }
         let Some((currency, _)) = currency else {
             return Err(self.invalid(line(z), &at, "no price source".to_owned()));
@@ -522,6 +700,157 @@ impl Ctx<'_> {
                     Currency(EURO.to_owned()),
                 )
             }
+            RawPriceSource::Recorded(r) => {
+                let at = format!("{at}.recorded");
+                let vat = |v: &Option<String>| match v.as_deref() {
+                    Some("excluded") => Ok(Vat::Excluded),
+                    Some("included") => Ok(Vat::Included),
+                    other => Err(self.invalid(
+                        line,
+                        &format!("{at}.vat"),
+                        format!(
+                            "an Octopus answer needs `vat: included` or `vat: excluded`, not {}",
+                            other.map_or("nothing".to_owned(), |o| format!("`{o}`"))
+                        ),
+                    )),
+                };
+                let (format, currency) = match r.provider.as_str() {
+                    "octopus" => (
+                        RecordedPrice::Octopus { vat: vat(&r.vat)? },
+                        OCTOPUS_CURRENCY,
+                    ),
+                    "awattar" => (RecordedPrice::Awattar, EURO),
+                    "entsoe" => (
+                        RecordedPrice::Entsoe {
+                            sequence: r.sequence.unwrap_or(entsoe::MAIN_AUCTION),
+                        },
+                        EURO,
+                    ),
+                    other => {
+                        return Err(self.invalid(
+                            line,
+                            &format!("{at}.provider"),
+                            format!("`{other}` is not octopus, awattar or entsoe"),
+                        ));
+                    }
+                };
+                let only = |given: bool, field: &str, provider: &str| {
+                    if given && r.provider != provider {
+                        Err(self.invalid(
+                            line,
+                            &format!("{at}.{field}"),
+                            format!("is for `provider: {provider}` only"),
+                        ))
+                    } else {
+                        Ok(())
+                    }
+                };
+                only(r.vat.is_some(), "vat", "octopus")?;
+                only(r.sequence.is_some(), "sequence", "entsoe")?;
+                (
+                    PriceSourceConfig::Recorded {
+                        path: self.dir.join(r.path.trim()),
+                        format,
+                    },
+                    Currency(currency.to_owned()),
+                )
+            }
+            RawPriceSource::Tariff(t) => {
+                let tariff = self.tariff(t, line, &format!("{at}.tariff"))?;
+                let currency = tariff.currency.clone();
+                (
+                    PriceSourceConfig::Tariff {
+                        tariff: Arc::new(tariff),
+                    },
+                    currency,
+                )
+            }
+        })
+    }
+
+    /// Reads and checks a tariff file now, so that a broken tariff stops the start-up.
+    fn tariff(&self, t: &RawTariff, line: u64, at: &str) -> Result<Tariff, ConfigError> {
+        let path = self.dir.join(t.path.trim());
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let urdb = match ext.as_deref() {
+            Some("json") => {
+                let Some(tz) = &t.time_zone else {
+                    return Err(self.invalid(
+                        line,
+                        &format!("{at}.time_zone"),
+                        "an OpenEI URDB tariff does not name its time zone: give it (for \
+                         example America/Los_Angeles)"
+                            .to_owned(),
+                    ));
+                };
+                let time_zone: Tz = tz.trim().parse().map_err(|_| {
+                    self.invalid(
+                        line,
+                        &format!("{at}.time_zone"),
+                        format!("`{tz}` is not an IANA time zone (America/Los_Angeles)"),
+                    )
+                })?;
+                if t.tier == Some(0) {
+                    return Err(self.invalid(
+                        line,
+                        &format!("{at}.tier"),
+                        "tiers are counted from 1".to_owned(),
+                    ));
+                }
+                let mut holidays = BTreeSet::new();
+                for (i, h) in t.holidays.iter().flatten().enumerate() {
+                    let d = chrono::NaiveDate::parse_from_str(h.trim(), "%Y-%m-%d").map_err(
+                        |_| {
+                            self.invalid(
+                                line,
+                                &format!("{at}.holidays[{i}]"),
+                                format!("`{h}` is not a date (YYYY-MM-DD)"),
+                            )
+                        },
+                    )?;
+                    holidays.insert(d);
+                }
+                Some(UrdbOptions {
+                    time_zone,
+                    tier: t.tier,
+                    label: t.label.clone(),
+                    holidays,
+                })
+            }
+            Some("yaml" | "yml") => {
+                let extra = [
+                    ("time_zone", t.time_zone.is_some()),
+                    ("tier", t.tier.is_some()),
+                    ("label", t.label.is_some()),
+                    ("holidays", t.holidays.is_some()),
+                ];
+                if let Some((field, _)) = extra.iter().find(|(_, given)| *given) {
+                    return Err(self.invalid(
+                        line,
+                        &format!("{at}.{field}"),
+                        "is for OpenEI URDB (.json) tariffs; a YAML tariff states it in its own \
+                         file"
+                            .to_owned(),
+                    ));
+                }
+                None
+            }
+            _ => {
+                return Err(self.invalid(
+                    line,
+                    &format!("{at}.path"),
+                    format!(
+                        "`{}` is neither an OpenEI URDB tariff (.json) nor a YAML tariff (.yaml)",
+                        t.path
+                    ),
+                ));
+            }
+        };
+        Tariff::load(&path, urdb.as_ref()).map_err(|e| {
+            self.invalid(line, &format!("{at}.path"), crate::signals::error_chain(&e))
         })
     }
 
@@ -629,7 +958,206 @@ impl Ctx<'_> {
                     place: self.csv_place(c, line, &at)?,
                 }
             }
+            RawCarbonSource::WattTime(w) => self.watttime(w, line, &format!("{at}.watttime"))?,
+            RawCarbonSource::CarbonAwareSdk(c) => {
+                self.carbon_aware(c, line, &format!("{at}.carbon_aware_sdk"))?
+            }
+            RawCarbonSource::Recorded(r) => {
+                let at = format!("{at}.recorded");
+                let format = match r.provider.as_str() {
+                    "uk_carbon" => RecordedCarbon::UkCarbon,
+                    "electricity_maps" => RecordedCarbon::ElectricityMaps,
+                    "watttime" => {
+                        let (signal, endpoint) =
+                            self.watttime_signal(&r.signal, &r.endpoint, line, &at)?;
+                        RecordedCarbon::WattTime { signal, endpoint }
+                    }
+                    other => {
+                        return Err(self.invalid(
+                            line,
+                            &format!("{at}.provider"),
+                            format!("`{other}` is not uk_carbon, electricity_maps or watttime"),
+                        ));
+                    }
+                };
+                if r.provider != "watttime" && (r.signal.is_some() || r.endpoint.is_some()) {
+                    return Err(self.invalid(
+                        line,
+                        &format!("{at}.signal"),
+                        "`signal` and `endpoint` are for `provider: watttime` only".to_owned(),
+                    ));
+                }
+                CarbonSourceConfig::Recorded {
+                    path: self.dir.join(r.path.trim()),
+                    format,
+                }
+            }
         })
+    }
+
+    /// A WattTime signal, which must be chosen, and endpoint (the forecast by default).
+    fn watttime_signal(
+        &self,
+        signal: &Option<String>,
+        endpoint: &Option<String>,
+        line: u64,
+        at: &str,
+    ) -> Result<(watttime::Signal, watttime::Endpoint), ConfigError> {
+        let signal = match signal.as_deref() {
+            Some("marginal") => watttime::Signal::Marginal,
+            Some("average") => watttime::Signal::Average,
+            other => {
+                return Err(self.invalid(
+                    line,
+                    &format!("{at}.signal"),
+                    format!(
+                        "must be `marginal` (co2_moer: what one more kWh emits) or `average` \
+                         (co2_aoer), not {}: the two differ severalfold and are not defaulted",
+                        other.map_or("nothing".to_owned(), |o| format!("`{o}`"))
+                    ),
+                ));
+            }
+        };
+        let endpoint = match endpoint.as_deref() {
+            None | Some("forecast") => watttime::Endpoint::Forecast,
+            Some("historical") => watttime::Endpoint::Historical,
+            Some(other) => {
+                return Err(self.invalid(
+                    line,
+                    &format!("{at}.endpoint"),
+                    format!("`{other}` is not forecast or historical"),
+                ));
+            }
+        };
+        Ok((signal, endpoint))
+    }
+
+    fn watttime(&self, w: &RawWattTime, line: u64, at: &str) -> Result<CarbonSourceConfig, ConfigError> {
+        let (signal, endpoint) =
+            self.watttime_signal(&Some(w.signal.clone()), &w.endpoint, line, at)?;
+        let place = match (&w.region, w.latitude, w.longitude) {
+            (Some(r), None, None) if !r.trim().is_empty() => Place::Region(r.trim().to_owned()),
+            (None, Some(latitude), Some(longitude))
+                if (-90.0..=90.0).contains(&latitude) && (-180.0..=180.0).contains(&longitude) =>
+            {
+                Place::Location {
+                    latitude,
+                    longitude,
+                }
+            }
+            _ => {
+                return Err(self.invalid(
+                    line,
+                    &format!("{at}.region"),
+                    "give either `region` (CAISO_NORTH) or `latitude` and `longitude` (degrees)"
+                        .to_owned(),
+                ));
+            }
+        };
+        if endpoint == watttime::Endpoint::Historical && w.horizon_hours.is_some() {
+            return Err(self.invalid(
+                line,
+                &format!("{at}.horizon_hours"),
+                "is for the forecast endpoint".to_owned(),
+            ));
+        }
+        Ok(CarbonSourceConfig::WattTime {
+            base_url: self.base_url(&w.base_url, watttime::DEFAULT_BASE_URL, line, at)?,
+            place,
+            signal,
+            endpoint,
+            horizon_hours: w.horizon_hours,
+            username: self.secret(&w.username_env, &w.username_file, line, at, "username")?,
+            password: self.secret(&w.password_env, &w.password_file, line, at, "password")?,
+        })
+    }
+
+    fn carbon_aware(
+        &self,
+        c: &RawCarbonAware,
+        line: u64,
+        at: &str,
+    ) -> Result<CarbonSourceConfig, ConfigError> {
+        let place = match (&c.path, &c.url, &c.base_url) {
+            (Some(p), None, None) => CarbonAwarePlace::File(self.dir.join(p.trim())),
+            (None, Some(u), None) => CarbonAwarePlace::Url(self.url(u, line, &format!("{at}.url"))?),
+            (None, None, Some(b)) => {
+                let Some(location) = c.location.clone().filter(|l| !l.trim().is_empty()) else {
+                    return Err(self.invalid(
+                        line,
+                        &format!("{at}.location"),
+                        "the Web API needs the SDK `location` to forecast (eastus, DE, ...)"
+                            .to_owned(),
+                    ));
+                };
+                CarbonAwarePlace::WebApi {
+                    base_url: self.url(b, line, &format!("{at}.base_url"))?,
+                    location,
+                }
+            }
+            _ => {
+                return Err(self.invalid(
+                    line,
+                    &format!("{at}.path"),
+                    "give exactly one of `path` (a file), `url` (a document) and `base_url` (the \
+                     SDK's Web API)"
+                        .to_owned(),
+                ));
+            }
+        };
+        let basis = match c.basis.as_deref() {
+            None | Some("unspecified") => CarbonBasis::Unspecified,
+            Some("marginal") => CarbonBasis::Marginal,
+            Some("direct") => CarbonBasis::Direct,
+            Some("lifecycle") => CarbonBasis::Lifecycle,
+            Some(other) => {
+                return Err(self.invalid(
+                    line,
+                    &format!("{at}.basis"),
+                    format!("`{other}` is not marginal, direct, lifecycle or unspecified"),
+                ));
+            }
+        };
+        let zeros = match c.zeros.as_deref() {
+            None | Some("gaps") => Zeros::AreGaps,
+            Some("values") => Zeros::AreValues,
+            Some(other) => {
+                return Err(self.invalid(
+                    line,
+                    &format!("{at}.zeros"),
+                    format!("`{other}` is not gaps or values"),
+                ));
+            }
+        };
+        Ok(CarbonSourceConfig::CarbonAware {
+            place,
+            location: c.location.clone(),
+            basis,
+            zeros,
+        })
+    }
+
+    /// A credential read from a variable or a file, never written in the configuration.
+    fn secret(
+        &self,
+        env: &Option<String>,
+        file: &Option<String>,
+        line: u64,
+        at: &str,
+        what: &str,
+    ) -> Result<KeySource, ConfigError> {
+        match (env, file) {
+            (Some(v), None) if !v.trim().is_empty() => Ok(KeySource::Env(v.trim().to_owned())),
+            (None, Some(f)) if !f.trim().is_empty() => Ok(KeySource::File(self.dir.join(f.trim()))),
+            _ => Err(self.invalid(
+                line,
+                &format!("{at}.{what}_env"),
+                format!(
+                    "give exactly one of `{what}_env` (a variable name) and `{what}_file` (a \
+                     path); the {what} itself never goes in the config"
+                ),
+            )),
+        }
     }
 
     fn csv_common(&self, c: &RawCsv, line: u64, at: &str) -> Result<(TimeBasis, u32), ConfigError> {

@@ -279,6 +279,11 @@ where
         PROVIDER
     }
 
+    /// A file changes when someone edits it.
+    fn publication(&self) -> super::Publication {
+        super::Publication::Document
+    }
+
     /// Reads the whole file; the window does not narrow it (a file is a fixed document).
     async fn fetch(&self, _window: Window) -> Result<Series<S::Quantity>, SignalError> {
         let body = match &self.location {

@@ -87,6 +87,11 @@ impl SignalProvider for ElectricityMaps {
         PROVIDER
     }
 
+    /// Electricity Maps updates its data and forecast hourly.
+    fn publication(&self) -> super::Publication {
+        super::Publication::Every(chrono::Duration::hours(1))
+    }
+
     async fn fetch(&self, window: Window) -> Result<CarbonSeries, SignalError> {
         let headers = [(AUTH_HEADER, self.key.expose())];
         let body = self

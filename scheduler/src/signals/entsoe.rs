@@ -100,6 +100,11 @@ impl SignalProvider for Entsoe {
         PROVIDER
     }
 
+    /// The EPEX day-ahead results are out by 13:00 Brussels time and on the platform shortly after.
+    fn publication(&self) -> super::Publication {
+        super::publication::daily(13, 15, chrono_tz::Europe::Brussels)
+    }
+
     async fn fetch(&self, window: Window) -> Result<PriceSeries, SignalError> {
         let url = format!("{}&securityToken={}", self.url(window), self.key.expose());
         let body = self.fetcher.get(PROVIDER, &url, &[]).await?;

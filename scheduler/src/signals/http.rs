@@ -20,6 +20,11 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 /// How much of an error body is kept in the message: enough for the provider's own reason
 /// ("Too many requests"), not a whole HTML error page.
 const BODY_EXCERPT_CHARS: usize = 200;
+/// How much of a JSON error's own message is kept: providers explain access errors in a
+/// sentence or two (WattTime's "Invalid scope..." is about 270 characters), worth keeping whole.
+const JSON_MESSAGE_CHARS: usize = 400;
+/// The fields JSON error bodies put their explanation in, in the order they are joined.
+const JSON_MESSAGE_FIELDS: [&str; 4] = ["error", "message", "detail", "title"];
 
 /// Why a fetch failed.
 #[derive(Debug, thiserror::Error)]
@@ -141,15 +146,39 @@ impl HttpFetcher {
         url: &str,
         headers: &[(&str, &str)],
     ) -> Result<Vec<u8>, SignalError> {
+        let mut req = self.client.get(url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        self.send(provider, url, req).await
+    }
+
+    /// GETs `url` with HTTP basic authentication (a login endpoint).
+    pub(crate) async fn get_basic_auth(
+        &self,
+        provider: &'static str,
+        url: &str,
+        user: &ApiKey,
+        password: &ApiKey,
+    ) -> Result<Vec<u8>, SignalError> {
+        let req = self
+            .client
+            .get(url)
+            .basic_auth(user.expose(), Some(password.expose()));
+        self.send(provider, url, req).await
+    }
+
+    async fn send(
+        &self,
+        provider: &'static str,
+        url: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Vec<u8>, SignalError> {
         let failed = |failure| SignalError::Fetching {
             provider,
             endpoint: endpoint(url),
             failure,
         };
-        let mut req = self.client.get(url);
-        for (name, value) in headers {
-            req = req.header(*name, *value);
-        }
         let mut resp = req.send().await.map_err(|e| failed(self.transport(e)))?;
         let status = resp.status();
         if !status.is_success() {
@@ -163,7 +192,7 @@ impl HttpFetcher {
             return Err(failed(FetchFailure::Status {
                 status: status.as_u16(),
                 retry_after,
-                body_excerpt: body.trim().chars().take(BODY_EXCERPT_CHARS).collect(),
+                body_excerpt: excerpt(&body),
             }));
         }
         // Read chunk by chunk so that a runaway answer stops at the cap, not at the memory limit.
@@ -195,6 +224,23 @@ impl HttpFetcher {
         }
         FetchFailure::Transport(msg)
     }
+}
+
+/// What an error body says: the provider's own message when the body is a JSON object with one
+/// (`{"error": ..., "message": ...}`), else the start of the body.
+fn excerpt(body: &str) -> String {
+    if let Ok(serde_json::Value::Object(o)) = serde_json::from_str::<serde_json::Value>(body) {
+        let parts: Vec<&str> = JSON_MESSAGE_FIELDS
+            .iter()
+            .filter_map(|f| o.get(*f).and_then(serde_json::Value::as_str))
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .collect();
+        if !parts.is_empty() {
+            return parts.join(": ").chars().take(JSON_MESSAGE_CHARS).collect();
+        }
+    }
+    body.trim().chars().take(BODY_EXCERPT_CHARS).collect()
 }
 
 /// `url` without its query string or fragment, for messages.

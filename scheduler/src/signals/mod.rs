@@ -28,6 +28,7 @@
 //! - [`show`]: `offpeak signals show`, the merged series as a table or CSV.
 
 pub mod awattar;
+pub mod carbon_aware;
 pub mod chain;
 pub mod config;
 pub mod csv_import;
@@ -35,9 +36,15 @@ pub mod electricity_maps;
 pub mod entsoe;
 mod http;
 pub mod octopus;
+pub mod publication;
+pub mod recorded;
+pub mod refresh;
 pub mod show;
+pub mod sources;
+pub mod tariff;
 mod time;
 pub mod uk_carbon;
+pub mod watttime;
 
 use std::fmt;
 use std::future::Future;
@@ -46,6 +53,7 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::units::{GramsPerKwh, PricePerMwh, Slot, SlotGrid};
 
+pub use publication::Publication;
 pub use http::{ApiKey, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, FetchFailure, HttpFetcher};
 
 /// Whether a value is firm or someone's estimate of it.
@@ -106,6 +114,10 @@ pub enum CarbonBasis {
     Direct,
     /// Life-cycle emissions.
     Lifecycle,
+    /// The marginal rate: the operational emissions of the generators that answer a change in
+    /// load (WattTime's MOER). It says what running one more job adds, not what the grid's
+    /// average unit emits, so it must not be mixed with the average kinds above.
+    Marginal,
     /// The source does not say.
     Unspecified,
 }
@@ -312,6 +324,19 @@ impl<U: SignalUnit> Series<U> {
 const MINUTES_PER_DAY: u32 = 24 * 60;
 const SECONDS_PER_MINUTE: i64 = 60;
 
+/// An error and its causes on one line (`reading x.json: No such file or directory`), for
+/// messages that embed another error.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        msg.push_str(": ");
+        msg.push_str(&c.to_string());
+        cause = c.source();
+    }
+    msg
+}
+
 /// The span of time a fetch asks for. Providers that answer a fixed span (a 48 h forecast, the
 /// last 24 h) use `from` only, and their answer may reach past `to`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,6 +356,16 @@ pub trait SignalProvider {
         &self,
         window: Window,
     ) -> impl Future<Output = Result<Series<Self::Unit>, SignalError>> + Send;
+    /// When the provider publishes new data; a refresher asks again then. Hourly unless the
+    /// provider says otherwise.
+    fn publication(&self) -> Publication {
+        Publication::Every(Duration::hours(1))
+    }
+    /// What an operator should know about the answer besides its values (a tariff's periods
+    /// and the charges that are not optimised, a forecast's model), for provenance.
+    fn notes(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// What went wrong while getting a signal. Each variant names the step that failed and the

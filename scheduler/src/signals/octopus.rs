@@ -87,6 +87,11 @@ impl SignalProvider for OctopusAgile {
         PROVIDER
     }
 
+    /// Agile rates for the next day are published around 16:00 UK time.
+    fn publication(&self) -> super::Publication {
+        super::publication::daily(16, 0, chrono_tz::Europe::London)
+    }
+
     async fn fetch(&self, window: Window) -> Result<PriceSeries, SignalError> {
         let mut url = self.url(window);
         let mut rates = Vec::new();

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use chrono::{DateTime, Utc};
 
-use super::chain::{Merged, Slot, ZoneChain, ZoneSignals};
+use super::chain::{Chain, Merged, Origin, PriceProvider, Slot, ZoneChain, ZoneSignals};
 use super::{DEFAULT_TIMEOUT, HttpFetcher, Quality, SignalUnit, Window, config};
 
 /// `offpeak signals ...`.
@@ -92,10 +92,11 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<Shown> {
         .build()
         .context("starting the async runtime")?;
     let signals = runtime.block_on(chain.fetch(now, window, cfg.slot_minutes))?;
+    let periods = tariff_periods(&chain.price, &signals.price);
     let text = if args.csv {
-        csv(&signals)?
+        csv(&signals, periods.as_deref())?
     } else {
-        table(&signals, now)
+        table(&signals, now, periods.as_deref())
     };
     Ok(Shown {
         text,
@@ -104,6 +105,39 @@ pub fn show(args: &ShowArgs) -> anyhow::Result<Shown> {
 }
 
 const TIME_FORMAT: &str = "%Y-%m-%dT%H:%MZ";
+
+/// The tariff period of each price slot that a tariff of the chain priced (empty for the
+/// others); `None` when the chain has no tariff, so that the column is shown only when it
+/// means something.
+fn tariff_periods(
+    chain: &Chain<PriceProvider>,
+    price: &Merged<crate::units::PricePerMwh>,
+) -> Option<Vec<String>> {
+    let sources = chain.sources();
+    if !sources.iter().any(|s| s.tariff().is_some()) {
+        return None;
+    }
+    Some(
+        price
+            .slots
+            .iter()
+            .map(|slot| {
+                let position = match slot.origin {
+                    Origin::Source { position, .. }
+                    | Origin::StaleSource { position, .. }
+                    | Origin::LastGood { position, .. } => position,
+                    Origin::Seasonal | Origin::Missing => return String::new(),
+                };
+                sources
+                    .get(position - 1)
+                    .and_then(PriceProvider::tariff)
+                    .and_then(|t| t.period_name_at(slot.start))
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .collect(),
+    )
+}
 
 fn quality(q: Option<Quality>) -> &'static str {
     match q {
@@ -121,10 +155,11 @@ fn value<U: SignalUnit>(s: &Slot<U>, precise: bool) -> String {
     }
 }
 
-/// One CSV row per slot; values at full precision.
-fn csv(z: &ZoneSignals) -> anyhow::Result<String> {
+/// One CSV row per slot; values at full precision. With a tariff in the price chain, a last
+/// column names each slot's tariff period.
+fn csv(z: &ZoneSignals, periods: Option<&[String]>) -> anyhow::Result<String> {
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
+    let mut head = vec![
         "time",
         "price_per_mwh",
         "price_quality",
@@ -132,9 +167,13 @@ fn csv(z: &ZoneSignals) -> anyhow::Result<String> {
         "carbon_g_per_kwh",
         "carbon_quality",
         "carbon_source",
-    ])?;
-    for (p, c) in z.price.slots.iter().zip(&z.carbon.slots) {
-        w.write_record([
+    ];
+    if periods.is_some() {
+        head.push("price_period");
+    }
+    w.write_record(&head)?;
+    for (i, (p, c)) in z.price.slots.iter().zip(&z.carbon.slots).enumerate() {
+        let mut row = vec![
             p.start.format(TIME_FORMAT).to_string(),
             value(p, true),
             quality(p.quality).to_owned(),
@@ -142,13 +181,17 @@ fn csv(z: &ZoneSignals) -> anyhow::Result<String> {
             value(c, true),
             quality(c.quality).to_owned(),
             c.origin.to_string(),
-        ])?;
+        ];
+        if let Some(periods) = periods {
+            row.push(periods.get(i).cloned().unwrap_or_default());
+        }
+        w.write_record(&row)?;
     }
     Ok(String::from_utf8(w.into_inner()?)?)
 }
 
 /// A header saying what each column is in and where it came from, then one line per slot.
-fn table(z: &ZoneSignals, now: DateTime<Utc>) -> String {
+fn table(z: &ZoneSignals, now: DateTime<Utc>, periods: Option<&[String]>) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -167,23 +210,32 @@ fn table(z: &ZoneSignals, now: DateTime<Utc>) -> String {
     };
     header(&mut out, &z.price, &price_unit);
     header(&mut out, &z.carbon, &carbon_unit);
-    let _ = writeln!(
-        out,
-        "{:<17}  {price_unit:>10}  {:<9}  {:<24}  {:>9}  {:<9}  carbon source",
-        "time (UTC)", "quality", "price source", "carbon", "quality"
+    let period_head = if periods.is_some() {
+        "  tariff period"
+    } else {
+        ""
+    };
+    let head = format!(
+        "{:<17}  {price_unit:>10}  {:<9}  {:<24}  {:>9}  {:<9}  {:<24}{period_head}",
+        "time (UTC)", "quality", "price source", "carbon", "quality", "carbon source"
     );
-    for (p, c) in z.price.slots.iter().zip(&z.carbon.slots) {
-        let _ = writeln!(
-            out,
-            "{:<17}  {:>10}  {:<9}  {:<24}  {:>9}  {:<9}  {}",
+    let _ = writeln!(out, "{}", head.trim_end());
+    for (i, (p, c)) in z.price.slots.iter().zip(&z.carbon.slots).enumerate() {
+        let period = periods
+            .and_then(|ps| ps.get(i))
+            .map(|name| format!("  {name}"))
+            .unwrap_or_default();
+        let line = format!(
+            "{:<17}  {:>10}  {:<9}  {:<24}  {:>9}  {:<9}  {:<24}{period}",
             p.start.format(TIME_FORMAT),
             value(p, false),
             quality(p.quality),
             p.origin.to_string(),
             value(c, false),
             quality(c.quality),
-            c.origin
+            c.origin.to_string()
         );
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     out
 }
@@ -194,6 +246,9 @@ fn header<U: SignalUnit>(out: &mut String, m: &Merged<U>, unit: &str) {
         None => "ok".to_owned(),
     };
     let _ = writeln!(out, "{} ({unit}): {state}", m.kind);
+    for note in &m.notes {
+        let _ = writeln!(out, "  note: {note}");
+    }
     for s in m.stretches() {
         let _ = writeln!(
             out,

@@ -71,6 +71,11 @@ impl SignalProvider for UkCarbonIntensity {
         PROVIDER
     }
 
+    /// The forecast is updated every half-hour.
+    fn publication(&self) -> super::Publication {
+        super::Publication::Every(chrono::Duration::minutes(30))
+    }
+
     async fn fetch(&self, window: Window) -> Result<CarbonSeries, SignalError> {
         let body = self.fetcher.get(PROVIDER, &self.url(window), &[]).await?;
         parse(&body)

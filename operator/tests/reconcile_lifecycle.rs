@@ -1,0 +1,291 @@
+//! A TrainingJob's whole life against the real scheduler (its placement service in process on
+//! loopback gRPC, with a manual clock) and a mock Kubernetes API server asserting every call:
+//! finalizer, submission with a plan not yet due, gang start (Service and gated pods on the
+//! planned nodes, then the gates released), running, suspension when the price rises above the
+//! job's cap (graceful deletion, reported once the pods are gone), resumption, success.
+//!
+//! Prices (EUR/MWh, hourly from T0): 200 everywhere except 10 at 01:00 and 30 at 04:00-06:00;
+//! the job (2 workers x 8 GPUs, 2 h of work, cap 150, preemptible) is planned by the scheduler
+//! to run 01:00-02:00, be suspended at 02:00 (price above its cap) and resume at 04:00.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use chrono::{DateTime, Duration, Utc};
+use kube::runtime::controller::Action;
+use offpeak_operator::crd::{FINALIZER, GANG_GATE, TrainingJob};
+use offpeak_operator::plans::watch::PlanWatch;
+use offpeak_operator::reconcile::{Context, ContextConfig};
+use offpeak_operator::workload::WorkloadSettings;
+use offpeak_proto::v1::{GetPlanRequest, PlanPhase};
+use serde_json::{Value, json};
+use support::api::{Expect, mock_client};
+use support::fixtures::{self as fx, uri};
+use support::scheduler::Scheduler;
+use support::steps::{applied_pods, keep_status, plan_reaches, released, step};
+use tokio::sync::mpsc;
+
+fn t0() -> DateTime<Utc> {
+    "2024-01-01T00:00:00Z".parse().expect("time")
+}
+
+fn hourly() -> Vec<(f64, f64)> {
+    let mut rows = vec![(200.0, 300.0); 48];
+    rows[1] = (10.0, 100.0);
+    rows[4] = (30.0, 100.0);
+    rows[5] = (30.0, 100.0);
+    rows
+}
+
+fn job() -> TrainingJob {
+    let mut job = fx::job(2, t0() + Duration::hours(1));
+    job.spec.gpus_per_worker = 8;
+    job.spec.work_hours = Some(2.0);
+    job.spec.max_delay = Some("12h".parse().expect("duration"));
+    job
+}
+
+fn context(client: kube::Client, scheduler: &Scheduler) -> Arc<Context> {
+    let (policies, _w) = kube::runtime::reflector::store();
+    let (namespaces, _w) = kube::runtime::reflector::store();
+    let config = ContextConfig {
+        settings: WorkloadSettings::default(),
+        field_manager: fx::FIELD_MANAGER.into(),
+    };
+    Arc::new(
+        Context::new(client, fx::placement(&scheduler.address), policies, namespaces, config)
+            .with_clock(scheduler.operator_clock()),
+    )
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+fn status_patch(job: &TrainingJob, check: impl FnOnce(&Value) + Send + 'static) -> Expect {
+    Expect::patch(uri::status())
+        .body(move |b| check(&b["status"]))
+        .reply_with(fx::with_applied_status(job))
+}
+
+fn event(reason: &'static str) -> Expect {
+    Expect::post(uri::events()).body(move |b| assert_eq!(b["reason"], reason, "{b}"))
+}
+
+fn apply_pod(rank: u32, node: &'static str) -> Expect {
+    Expect::patch(uri::apply_pod(&format!("bert-worker-{rank}"))).body(move |b| {
+        assert_eq!(b["spec"]["schedulingGates"], json!([{"name": GANG_GATE}]));
+        let field = &b["spec"]["affinity"]["nodeAffinity"]
+            ["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+            ["matchFields"][0];
+        assert_eq!(field["values"], json!([node]), "rank {rank}");
+        let env = b["spec"]["containers"][0]["env"].as_array().expect("env");
+        let var = |n: &str| env.iter().find(|e| e["name"] == n).map(|e| e["value"].clone());
+        assert_eq!(var("RANK"), Some(json!(rank.to_string())));
+        assert_eq!(var("WORLD_SIZE"), Some(json!("2")));
+        assert_eq!(var("NPROC_PER_NODE"), Some(json!("8")));
+        assert_eq!(var("MASTER_ADDR"), Some(json!("bert-worker-0.bert.ml.svc.cluster.local")));
+        assert_eq!(var("OFFPEAK_POWER_LIMIT_WATTS"), Some(json!("100")));
+        assert_eq!(b["metadata"]["annotations"]["offpeak.dev/power-limit-watts"], "100");
+    })
+}
+
+fn release(rank: u32) -> Expect {
+    Expect::patch(uri::pod(&format!("bert-worker-{rank}"))).body(|b| {
+        assert_eq!(
+            *b,
+            json!({"spec": {"schedulingGates": [{"name": GANG_GATE, "$patch": "delete"}]}})
+        );
+    })
+}
+
+fn delete_pod(rank: u32) -> Expect {
+    Expect::delete(uri::pod(&format!("bert-worker-{rank}")))
+        .body(|b| assert_eq!(b["gracePeriodSeconds"], 120, "the checkpoint grace period"))
+}
+
+#[tokio::test]
+async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
+    let scheduler = Scheduler::start(t0(), &hourly()).await;
+    let (client, server) = mock_client();
+    let ctx = context(client, &scheduler);
+    let mut job = job();
+
+    // Create: the finalizer first, nothing else.
+    let expect = vec![Expect::patch(uri::job())
+        .body(|b| assert_eq!(b[1]["value"], json!([FINALIZER])))
+        .reply(serde_json::to_value(fx::finalized(job.clone())).expect("json"))];
+    let (server, result, _) = step(server, &ctx, &job, expect).await;
+    assert_eq!(result.expect("reconcile"), Action::await_change());
+    job = fx::finalized(job);
+
+    // Submitted; the plan is not due yet: status only, no pods.
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
+        event("Submitted"),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Pending");
+            assert_eq!(s["submittedGeneration"], 1);
+            assert_eq!(s["plan"]["phase"], "PLANNED");
+            assert_eq!(s["plan"]["start"], "2024-01-01T01:00:00Z");
+            assert_eq!(s["plan"]["zone"], "A");
+            assert_eq!(s["plan"]["currency"], "EUR");
+            assert_eq!(condition(s, "Submitted")["status"], "True");
+        }),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    assert_eq!(result.expect("reconcile"), Action::requeue(std::time::Duration::from_secs(300)));
+    keep_status(&mut job, &seen);
+
+    // The plan stream: the operator learns plan changes from the scheduler.
+    let (changed_tx, mut changed_rx) = mpsc::channel(16);
+    let (resync_tx, mut resync_rx) = mpsc::channel(4);
+    let watch = PlanWatch {
+        client: fx::placement(&scheduler.address),
+        cache: ctx.plans.clone(),
+        key_prefix: "ml/".into(),
+        changed: changed_tx,
+        resync: resync_tx,
+        connected: Arc::new(AtomicBool::new(false)),
+    };
+    let (stop_watch, watch_stopped) = tokio::sync::oneshot::channel::<()>();
+    let watch_task = tokio::spawn(watch.run(async {
+        let _ = watch_stopped.await;
+    }));
+    assert_eq!(resync_rx.recv().await, Some(()), "a resync on connecting");
+
+    // 01:00: the plan says RUN: the Service and both workers, gated, on the planned nodes.
+    scheduler.clock.set(t0() + Duration::hours(1));
+    let run = plan_reaches(&ctx, PlanPhase::Run).await;
+    let trigger = changed_rx.recv().await.expect("a trigger");
+    assert_eq!((trigger.name.as_str(), trigger.namespace.as_deref()), ("bert", Some("ml")));
+    assert_eq!(run.nodes.len(), 2);
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
+        Expect::patch(uri::apply_service()).body(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
+        apply_pod(0, "A-v100-0"),
+        apply_pod(1, "A-v100-1"),
+        event("Starting"),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Starting");
+            assert_eq!(s["reportedState"], "STARTING");
+            assert_eq!(s["plan"]["phase"], "RUN");
+        }),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    result.expect("reconcile");
+    keep_status(&mut job, &seen);
+    let gated = applied_pods(&seen, "Pending");
+    assert_eq!(gated.len(), 2);
+
+    // Both exist: the gates are released together.
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&gated)),
+        release(0),
+        release(1),
+        status_patch(&job, |s| assert_eq!(s["workers"]["gated"], 2)),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    result.expect("reconcile");
+    keep_status(&mut job, &seen);
+
+    // Running.
+    let running = released(&gated, "Running");
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&running)),
+        event("Running"),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Running");
+            assert_eq!(s["reportedState"], "RUNNING");
+            assert_eq!(condition(s, "Running")["status"], "True");
+        }),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    result.expect("reconcile");
+    keep_status(&mut job, &seen);
+
+    // 02:00: the price rises above the cap: the plan suspends the job; the workers are deleted
+    // with the checkpoint grace period.
+    scheduler.clock.set(t0() + Duration::hours(2));
+    let suspend = plan_reaches(&ctx, PlanPhase::Suspend).await;
+    assert!(suspend.reason.contains("above the job's cap"), "{}", suspend.reason);
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&running)),
+        delete_pod(0),
+        delete_pod(1),
+        event("Suspended"),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Suspended");
+            assert_eq!(s["reportedState"], "RUNNING", "not suspended before the pods are gone");
+            let c = condition(s, "Suspended");
+            assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("PlanSuspended")));
+            assert!(c["message"].as_str().is_some_and(|m| m.contains("above the job's cap")), "{c}");
+        }),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    result.expect("reconcile");
+    keep_status(&mut job, &seen);
+
+    // The pods are gone: now the scheduler hears the job is suspended.
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
+        status_patch(&job, |s| assert_eq!(s["reportedState"], "SUSPENDED")),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    result.expect("reconcile");
+    keep_status(&mut job, &seen);
+
+    // 04:00: RUN again: resumed with fresh gated pods.
+    scheduler.clock.set(t0() + Duration::hours(4));
+    plan_reaches(&ctx, PlanPhase::Run).await;
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
+        Expect::patch(uri::apply_service()),
+        apply_pod(0, "A-v100-0"),
+        apply_pod(1, "A-v100-1"),
+        event("Resuming"),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Starting");
+            assert_eq!(s["reportedState"], "STARTING");
+        }),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    result.expect("reconcile");
+    keep_status(&mut job, &seen);
+    let pods = applied_pods(&seen, "Pending");
+
+    // Both succeed: the job is complete and the scheduler is told.
+    let done = released(&pods, "Succeeded");
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&done)),
+        event("Succeeded"),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Succeeded");
+            assert_eq!(s["reportedState"], "SUCCEEDED");
+            assert_eq!(condition(s, "Complete")["status"], "True");
+        }),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    assert_eq!(result.expect("reconcile"), Action::await_change());
+    keep_status(&mut job, &seen);
+    let mut client = fx::placement(&scheduler.address);
+    let plan = client
+        .get_plan(GetPlanRequest { key: fx::KEY.into() })
+        .await
+        .expect("plan")
+        .into_inner();
+    assert_eq!(plan.phase, PlanPhase::Done as i32, "{plan:?}");
+
+    // Succeeded is final: no call at all.
+    let (_server, result, _) = step(server, &ctx, &job, vec![]).await;
+    assert_eq!(result.expect("reconcile"), Action::await_change());
+
+    let _ = stop_watch.send(());
+    watch_task.await.expect("watch task");
+    scheduler.stop().await;
+}

@@ -1,0 +1,408 @@
+//! [`Placement`], the handle the API calls (submit, cancel, get, watch, report), and
+//! [`Cycle`], the task that plans: at every slot boundary of the injected clock, and after
+//! every change (changes arriving within the debounce time are planned together).
+//!
+//! A call that changes something returns once a plan that includes the change has been
+//! applied: each change takes a ticket, each cycle publishes the last ticket it covered.
+//!
+//! Planning instant: at a boundary (or within the start grace after it) the cycle plans for
+//! that boundary and commits the runs that start; between boundaries it plans for the next
+//! boundary and commits nothing, so runs always start on the grid, as in a replay.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tracing::Instrument as _;
+
+use super::cluster::{self, NodeSpec, ProfileSource, ZoneSpec};
+use super::feed::{Known, LiveFeed};
+use super::frame::{Frame, FrameInput};
+use super::spec::JobRequest;
+use super::state::{State, Submitted};
+use super::{Clock, PlacementConfig, PlacementError, PlanView, ReportedState, Settings};
+use crate::planner::Policy;
+use crate::service::NodeRegistry;
+use crate::units::{Slot, SlotGrid};
+
+/// How long a call waits for the plan that includes its change before answering UNAVAILABLE:
+/// far above a full re-plan of ten thousand jobs (a quarter of a second), far below a client's
+/// patience.
+const PLAN_WAIT: StdDuration = StdDuration::from_secs(30);
+
+struct Inner {
+    settings: Settings,
+    zones: Vec<ZoneSpec>,
+    static_nodes: Vec<NodeSpec>,
+    profiles: Arc<dyn ProfileSource>,
+    clock: Arc<dyn Clock>,
+    registry: NodeRegistry,
+    policy: Arc<dyn Policy>,
+    state: Mutex<State>,
+    plans: broadcast::Sender<PlanView>,
+    wake: Notify,
+    /// Tickets handed out to changes, and the last ticket a finished cycle covered.
+    requested: AtomicU64,
+    planned: watch::Sender<u64>,
+    stop: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Placement")
+            .field("settings", &self.settings)
+            .field("zones", &self.zones)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The live placement service: shared by the API handlers and the cycle.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    inner: Arc<Inner>,
+}
+
+/// The planning task; [`Cycle::run`] until the placement is shut down.
+#[derive(Debug)]
+pub struct Cycle {
+    placement: Placement,
+    feed: LiveFeed,
+    /// The chains' answer of the current wall slot: (that slot, grid start, signals).
+    cache: Option<(DateTime<Utc>, SlotGrid, BTreeMap<String, Known>)>,
+}
+
+impl Placement {
+    /// Opens the store and builds the service; the returned [`Cycle`] must be run for plans to
+    /// be made.
+    pub fn open(
+        config: PlacementConfig,
+        registry: NodeRegistry,
+    ) -> Result<(Self, Cycle), PlacementError> {
+        let now = config.clock.now();
+        let state = State::open(config.settings.clone(), config.store.as_deref(), now)?;
+        let feed = LiveFeed::new(&config.signals).map_err(PlacementError::BuildSignals)?;
+        let (plans, _) = broadcast::channel(config.settings.watch_buffer.max(1));
+        let placement = Placement {
+            inner: Arc::new(Inner {
+                policy: Arc::from(config.settings.policy.build()),
+                settings: config.settings,
+                zones: config.zones,
+                static_nodes: config.nodes,
+                profiles: config.profiles,
+                clock: config.clock,
+                registry,
+                state: Mutex::new(state),
+                plans,
+                wake: Notify::new(),
+                requested: AtomicU64::new(0),
+                planned: watch::Sender::new(0),
+                stop: watch::Sender::new(false),
+            }),
+        };
+        let cycle = Cycle {
+            placement: placement.clone(),
+            feed,
+            cache: None,
+        };
+        Ok((placement, cycle))
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        // Every change to the state is made whole before anything can panic, so a poisoned
+        // lock still guards consistent data.
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn stopping(&self) -> bool {
+        *self.inner.stop.borrow()
+    }
+
+    fn check_running(&self) -> Result<(), PlacementError> {
+        if self.stopping() {
+            Err(PlacementError::ShuttingDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Asks for a plan and waits until one covering everything changed so far is applied.
+    async fn replan(&self) -> Result<(), PlacementError> {
+        let ticket = self.inner.requested.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.wake.notify_one();
+        let mut planned = self.inner.planned.subscribe();
+        let mut stop = self.inner.stop.subscribe();
+        tokio::select! {
+            done = tokio::time::timeout(PLAN_WAIT, planned.wait_for(|p| *p >= ticket)) => match done {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(_)) => Err(PlacementError::ShuttingDown),
+                Err(_) => Err(PlacementError::PlanTimeout(PLAN_WAIT)),
+            },
+            _ = stop.wait_for(|s| *s) => Err(PlacementError::ShuttingDown),
+        }
+    }
+
+    /// Submits a job (idempotent) and returns its plan.
+    pub async fn submit(&self, request: JobRequest) -> Result<PlanView, PlacementError> {
+        self.check_running()?;
+        let now = self.inner.clock.now();
+        let nodes = cluster::current_nodes(&self.inner.static_nodes, &self.inner.registry);
+        let view = cluster::view(&nodes, &self.inner.profiles.profiles());
+        let spec = request.check(now, &view)?;
+        let key = spec.key.clone();
+        let submitted = self.state().submit(spec, request.submit_unix_s != 0, now)?;
+        if let Submitted::Unchanged(plan) = submitted {
+            return Ok(plan);
+        }
+        self.replan().await?;
+        self.plan(&key)
+    }
+
+    /// Cancels a job; whether it was known.
+    pub async fn cancel(&self, key: &str, uid: &str) -> Result<bool, PlacementError> {
+        self.check_running()?;
+        let now = self.inner.clock.now();
+        let (known, changed) = self.state().cancel(key, uid, now);
+        if changed {
+            self.replan().await?;
+        }
+        Ok(known)
+    }
+
+    /// The current plan of one job.
+    pub fn plan(&self, key: &str) -> Result<PlanView, PlacementError> {
+        self.state()
+            .view(key)
+            .ok_or_else(|| PlacementError::UnknownJob {
+                key: key.to_owned(),
+                uid: None,
+            })
+    }
+
+    /// The current plans of the jobs whose key starts with `prefix`.
+    pub fn plans(&self, prefix: &str) -> Vec<PlanView> {
+        self.state().views(prefix)
+    }
+
+    /// Takes the operator's report of what a job's pods do.
+    pub async fn report(
+        &self,
+        key: &str,
+        uid: &str,
+        state: ReportedState,
+        message: &str,
+    ) -> Result<(), PlacementError> {
+        self.check_running()?;
+        let now = self.inner.clock.now();
+        if self.state().report(key, uid, state, message, now)? {
+            self.replan().await?;
+        }
+        Ok(())
+    }
+
+    /// The plans of the jobs under `prefix`: all of them now, then every change, each job's
+    /// revisions in increasing order. A watcher that falls behind by more than the watch
+    /// buffer is sent every current plan again (never a silent gap); the stream ends with
+    /// [`PlacementError::ShuttingDown`] when the service stops.
+    pub fn watch(&self, prefix: String) -> PlanWatch {
+        let buffer = self.inner.settings.watch_buffer.max(1);
+        let (tx, rx) = mpsc::channel(buffer);
+        // Subscribed before the first snapshot is read, so that no change falls in between.
+        let changes = self.inner.plans.subscribe();
+        let this = self.clone();
+        let span = tracing::info_span!("watch_plans", prefix = %prefix);
+        tokio::spawn(this.forward(prefix, changes, tx).instrument(span));
+        PlanWatch { rx }
+    }
+
+    async fn forward(
+        self,
+        prefix: String,
+        mut changes: broadcast::Receiver<PlanView>,
+        tx: mpsc::Sender<Result<PlanView, PlacementError>>,
+    ) {
+        let mut sent: HashMap<String, u64> = HashMap::new();
+        let mut stop = self.inner.stop.subscribe();
+        let mut pending: Vec<PlanView> = self.plans(&prefix);
+        loop {
+            for v in pending.drain(..) {
+                if sent.get(&v.key).is_some_and(|r| *r >= v.revision) {
+                    continue;
+                }
+                sent.insert(v.key.clone(), v.revision);
+                if tx.send(Ok(v)).await.is_err() {
+                    return;
+                }
+            }
+            tokio::select! {
+                change = changes.recv() => match change {
+                    Ok(v) if v.key.starts_with(&prefix) => pending.push(v),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        tracing::debug!(missed, "watcher fell behind; sending every plan again");
+                        pending = self.plans(&prefix);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                },
+                _ = stop.wait_for(|s| *s) => break,
+                _ = tx.closed() => return,
+            }
+        }
+        let _ = tx.send(Err(PlacementError::ShuttingDown)).await;
+    }
+
+    /// Stops planning; calls in flight and watchers end with [`PlacementError::ShuttingDown`].
+    pub fn shutdown(&self) {
+        self.inner.stop.send_replace(true);
+    }
+}
+
+/// A stream of plans (see [`Placement::watch`]).
+#[derive(Debug)]
+pub struct PlanWatch {
+    rx: mpsc::Receiver<Result<PlanView, PlacementError>>,
+}
+
+impl PlanWatch {
+    /// The next plan; `None` once the stream ended.
+    pub async fn next(&mut self) -> Option<Result<PlanView, PlacementError>> {
+        self.rx.recv().await
+    }
+
+    /// As a `Stream`.
+    pub fn into_stream(self) -> tokio_stream::wrappers::ReceiverStream<Result<PlanView, PlacementError>> {
+        tokio_stream::wrappers::ReceiverStream::new(self.rx)
+    }
+}
+
+impl Cycle {
+    /// Plans now, then at every slot boundary and after every change, until shut down.
+    pub async fn run(mut self) {
+        let inner = Arc::clone(&self.placement.inner);
+        let mut stop = inner.stop.subscribe();
+        let span = tracing::info_span!("placement_cycle");
+        async move {
+            loop {
+                if *stop.borrow() {
+                    break;
+                }
+                let next = self.plan_once().await;
+                let woken = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => break,
+                    _ = inner.clock.sleep_until(next) => false,
+                    _ = inner.wake.notified() => true,
+                };
+                if woken {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break,
+                        _ = tokio::time::sleep(inner.settings.debounce) => {}
+                    }
+                }
+            }
+            tracing::info!("planning stopped");
+        }
+        .instrument(span)
+        .await;
+    }
+
+    /// Plans once; returns the next slot boundary to plan at.
+    async fn plan_once(&mut self) -> DateTime<Utc> {
+        let inner = Arc::clone(&self.placement.inner);
+        let s = &inner.settings;
+        let wall = inner.clock.now();
+        let floor = s.floor(wall);
+        let (at, commit) = if wall - floor <= s.start_grace {
+            (floor, true)
+        } else {
+            (floor + s.slot(), false)
+        };
+        let ticket = inner.requested.load(Ordering::SeqCst);
+        let history = (s.history.num_minutes() / i64::from(s.slot_minutes)).max(0) as Slot;
+        let grid = SlotGrid {
+            start: at - s.slot() * history as i32,
+            minutes: s.slot_minutes,
+        };
+        let fetch_slots = history + (s.max_horizon.num_minutes() / i64::from(s.slot_minutes)) as Slot;
+        let signals = self.signals(wall, grid, fetch_slots).await;
+        let nodes = cluster::current_nodes(&inner.static_nodes, &inner.registry);
+        let profiles = inner.profiles.profiles();
+        let (jobs, running) = self.placement.state().frame_jobs(at);
+        let queued = jobs.len();
+        let frame = Frame::build(FrameInput {
+            settings: s,
+            grid,
+            now: history,
+            zones: &inner.zones,
+            nodes: &nodes,
+            profiles,
+            signals: &signals,
+            jobs,
+            running: &running,
+        });
+        let policy = Arc::clone(&inner.policy);
+        // A full re-plan of a large queue takes a good part of a second: off the async threads.
+        let planned = tokio::task::spawn_blocking(move || {
+            let plan = policy.plan(&frame.snapshot());
+            (frame, plan)
+        })
+        .await;
+        let changes = match planned {
+            Ok((frame, plan)) => {
+                tracing::debug!(
+                    at = %at, commit, queued, starts = plan.starts.len(),
+                    intents = plan.intents.len(), rejections = plan.rejections.len(),
+                    "planned"
+                );
+                self.placement.state().apply(&frame, &plan, commit, wall)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "the planner failed; plans are unchanged");
+                Vec::new()
+            }
+        };
+        for c in changes {
+            // No watcher is not an error.
+            let _ = inner.plans.send(c);
+        }
+        inner.planned.send_replace(ticket);
+        if commit { at + s.slot() } else { at }
+    }
+
+    /// The zones' signals for this cycle. Provider chains are asked at most once per wall
+    /// slot (their answers are cut to the new grid in between); fixed rows every time, as what
+    /// counts as known moves with the clock.
+    async fn signals(&mut self, wall: DateTime<Utc>, grid: SlotGrid, n: Slot) -> BTreeMap<String, Known> {
+        if matches!(self.feed, LiveFeed::Table(_)) {
+            return self.feed.fetch(wall, grid, n).await;
+        }
+        let slot = self.placement.inner.settings.floor(wall);
+        if let Some((fetched, old, known)) = &self.cache
+            && *fetched == slot
+            && old.start <= grid.start
+        {
+            let shift = (grid.position(old.start)).abs().round() as usize;
+            return known
+                .iter()
+                .map(|(z, k)| {
+                    let cut = |len: usize| shift.min(len);
+                    (
+                        z.clone(),
+                        Known {
+                            price: k.price[cut(k.price.len())..].to_vec(),
+                            carbon: k.carbon[cut(k.carbon.len())..].to_vec(),
+                            degraded: k.degraded.clone(),
+                        },
+                    )
+                })
+                .collect();
+        }
+        let known = self.feed.fetch(wall, grid, n).await;
+        self.cache = Some((slot, grid, known.clone()));
+        known
+    }
+}

@@ -1,0 +1,309 @@
+//! The live cycle's signals: each zone's price and carbon intensity as known at `now`, on the
+//! cycle's slot grid, from the configured provider chains ([`SignalFeed::Chains`]) or from
+//! files of rows in the scenario CSV format ([`SignalFeed::Table`]).
+//!
+//! Only what is known reaches the planner: published or provider-forecast values, up to where
+//! they end. Past that the planner makes its own seasonal estimate, exactly as in a replay, so
+//! the chains' own seasonal fill is cut off here. Gaps inside the known data are filled with the
+//! value before them (and the zone is marked degraded), since the planner needs one value per
+//! slot.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Duration, Utc};
+
+use crate::planner::forecast;
+use crate::scenario::SignalRows;
+use crate::signals::chain::{Merged, Origin, ZoneChain};
+use crate::signals::config::SignalsConfig;
+use crate::signals::{DEFAULT_TIMEOUT, HttpFetcher, SignalError, SignalUnit, Window};
+use crate::units::{GramsPerKwh, PricePerMwh, Slot, SlotGrid};
+
+const MINUTES_PER_DAY: u32 = 24 * 60;
+
+/// Where the live cycle's signals come from.
+#[derive(Debug, Clone)]
+pub enum SignalFeed {
+    /// The zones' provider chains (`offpeak signals`' configuration).
+    Chains(SignalsConfig),
+    /// Fixed rows per zone.
+    Table(TableFeed),
+}
+
+/// Rows per zone in the scenario CSV format, for a tariff file or a replayed market.
+#[derive(Debug, Clone, Default)]
+pub struct TableFeed {
+    zones: BTreeMap<String, SignalRows>,
+    /// Rows count as published this far ahead of now (a day-ahead market); `None`: every row is
+    /// known from the start (a tariff).
+    publish_ahead: Option<Duration>,
+}
+
+impl TableFeed {
+    /// An empty feed; see [`TableFeed::publish_ahead`].
+    pub fn new(publish_ahead: Option<Duration>) -> Self {
+        Self {
+            zones: BTreeMap::new(),
+            publish_ahead,
+        }
+    }
+
+    /// Adds (or replaces) a zone's rows.
+    pub fn zone(mut self, name: impl Into<String>, rows: SignalRows) -> Self {
+        self.zones.insert(name.into(), rows);
+        self
+    }
+
+    /// How far ahead rows count as known.
+    pub fn publish_ahead(&self) -> Option<Duration> {
+        self.publish_ahead
+    }
+}
+
+/// One zone's known signals on a cycle's grid, from its slot 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Known {
+    pub price: Vec<PricePerMwh>,
+    pub carbon: Vec<GramsPerKwh>,
+    /// Why the zone's signals are not what they should be, if they are not.
+    pub degraded: Option<String>,
+}
+
+/// The feed while the service runs (the chains keep their last good series between fetches).
+#[derive(Debug)]
+pub(crate) enum LiveFeed {
+    Chains(Vec<ZoneChain>),
+    Table(TableFeed),
+}
+
+impl LiveFeed {
+    /// Builds the chains' sources; fails only when no HTTP client can be made.
+    pub(crate) fn new(feed: &SignalFeed) -> Result<Self, SignalError> {
+        Ok(match feed {
+            SignalFeed::Table(t) => LiveFeed::Table(t.clone()),
+            SignalFeed::Chains(cfg) => {
+                let fetcher = HttpFetcher::new(DEFAULT_TIMEOUT)?;
+                LiveFeed::Chains(
+                    cfg.zones
+                        .iter()
+                        .map(|z| ZoneChain::new(z, &fetcher))
+                        .collect(),
+                )
+            }
+        })
+    }
+
+    /// Every zone's known signals over slots `0..n_slots` of `grid`, as of `now`. A zone the
+    /// feed knows nothing about is absent.
+    pub(crate) async fn fetch(
+        &mut self,
+        now: DateTime<Utc>,
+        grid: SlotGrid,
+        n_slots: Slot,
+    ) -> BTreeMap<String, Known> {
+        match self {
+            LiveFeed::Table(t) => t
+                .zones
+                .iter()
+                .map(|(z, rows)| (z.clone(), from_rows(z, rows, t.publish_ahead, now, grid, n_slots)))
+                .collect(),
+            LiveFeed::Chains(chains) => {
+                let window = Window {
+                    from: grid.start,
+                    to: grid.instant(n_slots),
+                };
+                let mut out = BTreeMap::new();
+                for chain in chains {
+                    match chain.fetch(now, window, grid.minutes).await {
+                        Ok(s) => {
+                            let (price, filled_p) = known_values(&s.price, now);
+                            let (carbon, filled_c) = known_values(&s.carbon, now);
+                            let mut why: Vec<String> = s.degraded().into_iter().collect();
+                            if filled_p + filled_c > 0 {
+                                why.push(format!(
+                                    "{} slots without data were given the value before them",
+                                    filled_p + filled_c
+                                ));
+                            }
+                            out.insert(
+                                chain.zone.clone(),
+                                Known {
+                                    price: price.into_iter().map(PricePerMwh).collect(),
+                                    carbon: carbon.into_iter().map(GramsPerKwh).collect(),
+                                    degraded: (!why.is_empty()).then(|| why.join("; ")),
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            tracing::error!(zone = %chain.zone, error = %e, "signal window refused");
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+}
+
+/// The known prefix of a merged series: values from a source, and, where the sources' data
+/// ended before `now` (stale, or a last good series), the chain's seasonal estimate up to
+/// `now`, so that the planner has a recent past to estimate the future from. Gaps are filled
+/// from the value before (the first value for a leading gap). Also returns how many slots
+/// were filled.
+fn known_values<U: SignalUnit>(m: &Merged<U>, now: DateTime<Utc>) -> (Vec<f64>, usize) {
+    let usable = |s: &crate::signals::chain::Slot<U>| match s.origin {
+        Origin::Missing => None,
+        Origin::Seasonal if s.start >= now => None,
+        _ => s.value,
+    };
+    let Some(last) = m.slots.iter().rposition(|s| usable(s).is_some()) else {
+        return (Vec::new(), 0);
+    };
+    let first = m.slots[..=last]
+        .iter()
+        .find_map(usable)
+        .map_or(0.0, U::to_f64);
+    let mut prev = first;
+    let mut filled = 0;
+    let values = m.slots[..=last]
+        .iter()
+        .map(|s| {
+            match usable(s) {
+                Some(v) => prev = v.to_f64(),
+                None => filled += 1,
+            }
+            prev
+        })
+        .collect();
+    (values, filled)
+}
+
+/// A zone's rows on the grid, cut where they stop being known. Rows that end before `now`
+/// are carried on to `now` by the seasonal estimate of their last days (and the zone is
+/// degraded), as a provider chain does with stale data.
+fn from_rows(
+    zone: &str,
+    rows: &SignalRows,
+    publish_ahead: Option<Duration>,
+    now: DateTime<Utc>,
+    grid: SlotGrid,
+    n_slots: Slot,
+) -> Known {
+    let published_until = publish_ahead.map(|d| now + d);
+    let mut tail: Option<Tail> = None;
+    let mut price = Vec::new();
+    let mut carbon = Vec::new();
+    for s in 0..n_slots {
+        let t = grid.instant(s);
+        if published_until.is_some_and(|u| t >= u) {
+            break;
+        }
+        // Before the first row, the first row's values: they are the nearest known.
+        let at = if t < rows.start() { rows.start() } else { t };
+        let (p, c) = match rows.at(at) {
+            Some((p, c)) => (p.0, c.0),
+            None if t < now => tail.get_or_insert_with(|| Tail::new(rows, grid.minutes)).at(t),
+            None => break,
+        };
+        price.push(PricePerMwh(p));
+        carbon.push(GramsPerKwh(c));
+    }
+    let wanted = published_until.unwrap_or(now).min(grid.instant(n_slots));
+    let degraded = (rows.end() < wanted).then(|| {
+        format!(
+            "the rows of zone {zone} end at {}, before {}",
+            rows.end().format("%Y-%m-%dT%H:%MZ"),
+            wanted.format("%Y-%m-%dT%H:%MZ")
+        )
+    });
+    Known {
+        price,
+        carbon,
+        degraded,
+    }
+}
+
+/// The last days of a zone's rows on slots, for the seasonal estimate past their end.
+struct Tail {
+    from: DateTime<Utc>,
+    slot: Duration,
+    slots_per_day: usize,
+    price: Vec<f64>,
+    carbon: Vec<f64>,
+}
+
+impl Tail {
+    fn new(rows: &SignalRows, slot_minutes: u32) -> Self {
+        let slot = Duration::minutes(i64::from(slot_minutes));
+        let days = Duration::days(forecast::SEASONAL_DAYS as i64 + 1);
+        let start = (rows.end() - days).max(rows.start());
+        // On the slot grid counted from the epoch, so that times of day line up.
+        let s = slot.num_seconds().max(1);
+        let ts = start.timestamp();
+        let from = DateTime::<Utc>::from_timestamp(ts + (s - ts.rem_euclid(s)) % s, 0).unwrap_or(start);
+        let (mut price, mut carbon) = (Vec::new(), Vec::new());
+        let mut t = from;
+        while let Some((p, c)) = rows.at(t) {
+            price.push(p.0);
+            carbon.push(c.0);
+            t += slot;
+        }
+        Self {
+            from,
+            slot,
+            slots_per_day: (MINUTES_PER_DAY / slot_minutes.max(1)) as usize,
+            price,
+            carbon,
+        }
+    }
+
+    fn at(&self, t: DateTime<Utc>) -> (f64, f64) {
+        let s = ((t - self.from).num_seconds() / self.slot.num_seconds().max(1)).max(0) as usize;
+        (
+            forecast::estimate(&self.price, s, self.slots_per_day),
+            forecast::estimate(&self.carbon, s, self.slots_per_day),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().expect("time")
+    }
+
+    #[test]
+    fn rows_are_known_only_up_to_the_publication_horizon() {
+        let rows = SignalRows::hourly(
+            t("2024-01-01T00:00:00Z"),
+            &(0..48).map(|h| (f64::from(h), 100.0)).collect::<Vec<_>>(),
+        )
+        .expect("rows");
+        let grid = SlotGrid {
+            start: t("2024-01-01T00:00:00Z"),
+            minutes: 30,
+        };
+        let k = from_rows(
+            "A",
+            &rows,
+            Some(Duration::hours(3)),
+            t("2024-01-01T02:00:00Z"),
+            grid,
+            96,
+        );
+        assert_eq!(k.price.len(), 10);
+        assert_eq!(k.price[3], PricePerMwh(1.0));
+        assert_eq!(k.degraded, None);
+        // a tariff: every row known, to the end of the rows
+        let k = from_rows("A", &rows, None, t("2024-01-01T02:00:00Z"), grid, 200);
+        assert_eq!(k.price.len(), 96);
+        // rows ending before now degrade the zone, and are carried on to now by the estimate
+        // of their last days (hour h of the day: the mean of h and h + 24)
+        let k = from_rows("A", &rows, None, t("2024-01-03T05:00:00Z"), grid, 200);
+        assert!(k.degraded.as_deref().is_some_and(|d| d.contains("end at 2024-01-03T00:00Z")));
+        assert_eq!(k.price.len(), 106);
+        assert_eq!(k.price[104], PricePerMwh(16.0));
+    }
+}

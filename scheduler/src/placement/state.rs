@@ -1,0 +1,767 @@
+//! The live jobs, their committed runs and their plans, and how a policy's plan is applied to
+//! them. Synchronous and free of transports: the cycle drives it, under one lock.
+//!
+//! A job's life: submitted (queued), planned (a tentative start, zone, nodes and power limit,
+//! or a rejection), started (its run is committed: written to the store, then fixed whole),
+//! and, for a preemptible job whose run ended short of its work, queued again (SUSPEND until
+//! its next run starts). It ends when the operator reports success or failure, or on
+//! cancellation; a run in progress then ends at the next slot boundary, freeing its nodes.
+//! A job whose planned runs are over but which is not reported finished shows RUN (its pods
+//! are not stopped by a plan that merely ran out), and, while the operator reports it running,
+//! keeps its nodes one slot at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use chrono::{DateTime, Duration, Utc};
+
+use super::frame::{Frame, FrameJob, FrameRun};
+use super::spec::JobSpec;
+use super::store::{CommittedRun, Store};
+use super::{Phase, PlacementError, PlanView, ReportedState, Settings};
+use crate::planner::progress::{self, check_start};
+use crate::planner::Plan;
+use crate::units::{Hours, KgCo2e, Money, Slot, Watts};
+
+/// Runs that ended longer ago than this are dropped from the store at start-up: no job waits
+/// a month between two of its runs (the longest planning horizon is 31 days).
+const PRUNE_AFTER: Duration = Duration::days(45);
+/// Estimates are rounded to the cent and the gram, so that a plan's revision moves when the
+/// plan does, not when a price moves in its fifth decimal.
+const CENTS: f64 = 100.0;
+const GRAMS_PER_KG: f64 = 1000.0;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Ending {
+    Succeeded,
+    Failed(String),
+    Cancelled,
+}
+
+#[derive(Debug)]
+struct LiveJob {
+    spec: JobSpec,
+    /// Raised on every spec change, so that a plan made for an older spec is not applied.
+    version: u64,
+    runs: Vec<CommittedRun>,
+    ending: Option<(Ending, DateTime<Utc>)>,
+    reported: Option<ReportedState>,
+    view: PlanView,
+}
+
+impl LiveJob {
+    fn done(&self) -> f64 {
+        self.runs.iter().map(|r| r.work_done.0).sum()
+    }
+}
+
+/// What a submission did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Submitted {
+    /// The same job as before: nothing to plan; its current plan.
+    Unchanged(PlanView),
+    /// New or changed: it needs planning.
+    Changed,
+}
+
+/// What the policy said about one queued job in one plan.
+#[derive(Debug, Clone)]
+enum Decision {
+    /// Its run was committed.
+    Started,
+    /// Its next run (relative to the frame's grid).
+    Next {
+        start: Slot,
+        zone: usize,
+        point: usize,
+        nodes: Vec<(usize, u32)>,
+    },
+    Rejected(String),
+    /// A start that could not be made (refused by the checks or not recorded).
+    NotStarted(String),
+}
+
+/// The live state.
+#[derive(Debug)]
+pub struct State {
+    settings: Settings,
+    jobs: BTreeMap<String, LiveJob>,
+    /// Committed runs whose job has not been submitted since a restart: they hold their nodes
+    /// all the same, and join their job when it is submitted again.
+    orphans: Vec<CommittedRun>,
+    store: Store,
+    next_version: u64,
+}
+
+impl State {
+    /// Opens the store and takes up the runs it holds.
+    pub fn open(
+        settings: Settings,
+        store: Option<&Path>,
+        now: DateTime<Utc>,
+    ) -> Result<Self, PlacementError> {
+        let mut store = Store::open(store)?;
+        let pruned = store.prune(now - PRUNE_AFTER)?;
+        let orphans = store.runs()?;
+        tracing::info!(
+            runs = orphans.len(),
+            pruned,
+            store = %store.path().map_or_else(|| "memory".into(), |p| p.display().to_string()),
+            "placement store opened"
+        );
+        Ok(Self {
+            settings,
+            jobs: BTreeMap::new(),
+            orphans,
+            store,
+            next_version: 0,
+        })
+    }
+
+    fn bump(&mut self) -> u64 {
+        self.next_version += 1;
+        self.next_version
+    }
+
+    /// Adds or updates a job. Submitting the same spec again changes nothing; a changed spec
+    /// is planned again (its committed runs stay); a new uid under the same key replaces the
+    /// old job, whose run in progress ends at the next slot boundary. `submit_given`: whether
+    /// the submit time came from the request (else a known job keeps its own).
+    pub fn submit(
+        &mut self,
+        mut spec: JobSpec,
+        submit_given: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Submitted, PlacementError> {
+        let version = self.bump();
+        let revision = match self.jobs.get_mut(&spec.key) {
+            Some(job) if job.spec.uid == spec.uid => {
+                if !submit_given {
+                    spec.submit = job.spec.submit;
+                }
+                if job.spec == spec || job.ending.is_some() {
+                    return Ok(Submitted::Unchanged(job.view.clone()));
+                }
+                job.spec = spec;
+                job.version = version;
+                return Ok(Submitted::Changed);
+            }
+            Some(old) => {
+                let cut = cut_runs(&self.settings, &mut old.runs, now);
+                let revision = old.view.revision;
+                self.record_cut(&cut);
+                revision
+            }
+            None => self.store.revision(&spec.key)?,
+        };
+        let (mine, mut others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.orphans)
+            .into_iter()
+            .partition(|r| r.key == spec.key && r.uid == spec.uid);
+        // Runs of an older object of the same name: it was deleted, so are its pods.
+        let stale: Vec<CommittedRun> = others
+            .iter_mut()
+            .filter(|r| r.key == spec.key)
+            .flat_map(|r| cut_runs(&self.settings, std::slice::from_mut(r), now))
+            .collect();
+        self.orphans = others;
+        self.record_cut(&stale);
+        let view = PlanView {
+            key: spec.key.clone(),
+            uid: spec.uid.clone(),
+            phase: Phase::Planned,
+            start: None,
+            end: None,
+            zone: String::new(),
+            nodes: Vec::new(),
+            power_limit: None,
+            estimated_cost: Money(0.0),
+            currency: self.settings.currency.clone(),
+            estimated_carbon: KgCo2e(0.0),
+            estimated_saving: Money(0.0),
+            signals_degraded: false,
+            reason: "waiting for the first plan".to_owned(),
+            // A new job's plan is a change, even before it is planned.
+            revision: revision + 1,
+        };
+        self.jobs.insert(
+            spec.key.clone(),
+            LiveJob {
+                spec,
+                version,
+                runs: mine,
+                ending: None,
+                reported: None,
+                view,
+            },
+        );
+        Ok(Submitted::Changed)
+    }
+
+    /// Cancels a job (and any runs of it still waiting for a re-submission); returns whether
+    /// the key (with that uid, when one is given) was known, and whether anything changed.
+    pub fn cancel(&mut self, key: &str, uid: &str, now: DateTime<Utc>) -> (bool, bool) {
+        let matches = |k: &str, u: &str| k == key && (uid.is_empty() || u == uid);
+        let mut known = false;
+        let mut changed = false;
+        let mut cut = Vec::new();
+        if let Some(job) = self.jobs.get_mut(key)
+            && matches(key, &job.spec.uid)
+        {
+            known = true;
+            if job.ending.is_none() {
+                job.ending = Some((Ending::Cancelled, now));
+                cut.extend(cut_runs(&self.settings, &mut job.runs, now));
+                changed = true;
+            }
+        }
+        let mut orphans = std::mem::take(&mut self.orphans);
+        for r in orphans.iter_mut().filter(|r| matches(&r.key, &r.uid)) {
+            known = true;
+            cut.extend(cut_runs(&self.settings, std::slice::from_mut(r), now));
+        }
+        self.orphans = orphans;
+        changed |= !cut.is_empty();
+        self.record_cut(&cut);
+        (known, changed)
+    }
+
+    /// Takes a report of what the job's pods do; returns whether the plan may change.
+    pub fn report(
+        &mut self,
+        key: &str,
+        uid: &str,
+        state: ReportedState,
+        message: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, PlacementError> {
+        let unknown = || PlacementError::UnknownJob {
+            key: key.to_owned(),
+            uid: (!uid.is_empty()).then(|| uid.to_owned()),
+        };
+        let job = self.jobs.get_mut(key).ok_or_else(unknown)?;
+        if !uid.is_empty() && job.spec.uid != uid {
+            return Err(unknown());
+        }
+        if job.ending.is_some() {
+            return Ok(false);
+        }
+        let ending = match state {
+            ReportedState::Succeeded => Ending::Succeeded,
+            ReportedState::Failed => Ending::Failed(message.to_owned()),
+            _ => {
+                let changed = job.reported != Some(state);
+                job.reported = Some(state);
+                return Ok(changed);
+            }
+        };
+        job.ending = Some((ending, now));
+        job.reported = Some(state);
+        let cut = cut_runs(&self.settings, &mut job.runs, now);
+        self.record_cut(&cut);
+        Ok(true)
+    }
+
+    /// A shortened run is recorded so that a restart does not hold its nodes to its old end;
+    /// if that fails, a restart holds them too long, which is safe, so it is only logged.
+    fn record_cut(&mut self, cut: &[CommittedRun]) {
+        if let Err(e) = self.store.write(cut, &[]) {
+            tracing::warn!(error = %e, "could not record a shortened run");
+        }
+    }
+
+    /// The current plan of `key`.
+    pub fn view(&self, key: &str) -> Option<PlanView> {
+        self.jobs.get(key).map(|j| j.view.clone())
+    }
+
+    /// The current plans of the keys starting with `prefix`, in key order.
+    pub fn views(&self, prefix: &str) -> Vec<PlanView> {
+        self.jobs
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(_, j)| j.view.clone())
+            .collect()
+    }
+
+    /// Whether a job waits to be planned at instant `at` (it is not finished, not running
+    /// through `at`, and its planned work is not all done).
+    fn queued(&self, job: &LiveJob, at: DateTime<Utc>) -> bool {
+        job.ending.is_none()
+            && !job.runs.iter().any(|r| r.end > at)
+            && (job.runs.is_empty()
+                || (job.spec.preemptible
+                    && !progress::is_done(
+                        job.spec.work,
+                        self.settings.checkpoint_overhead,
+                        job.runs.len(),
+                        job.done(),
+                    )))
+    }
+
+    /// The queue and the runs holding nodes at planning instant `at`.
+    pub fn frame_jobs(&self, at: DateTime<Utc>) -> (Vec<FrameJob>, Vec<FrameRun>) {
+        let mut queue = Vec::new();
+        let mut running: Vec<FrameRun> = self
+            .orphans
+            .iter()
+            .chain(self.jobs.values().flat_map(|j| j.runs.iter()))
+            .filter(|r| r.end > at)
+            .map(|r| FrameRun {
+                nodes: r.nodes.clone(),
+                end: r.end,
+            })
+            .collect();
+        for job in self.jobs.values() {
+            if self.queued(job, at) {
+                queue.push(FrameJob {
+                    spec: job.spec.clone(),
+                    version: job.version,
+                    runs_done: job.runs.len(),
+                    done: job.done(),
+                });
+                continue;
+            }
+            let overrunning = job.ending.is_none()
+                && matches!(
+                    job.reported,
+                    Some(ReportedState::Starting | ReportedState::Running)
+                )
+                && !job.runs.iter().any(|r| r.end > at);
+            if let (true, Some(last)) = (overrunning, job.runs.last()) {
+                running.push(FrameRun {
+                    nodes: last.nodes.clone(),
+                    end: at + self.settings.slot(),
+                });
+            }
+        }
+        (queue, running)
+    }
+
+    /// Applies `plan`, made from `frame` at wall time `wall`: commits the runs that start (when
+    /// `commit`), records every job's new plan, and returns the plans that changed (each with
+    /// its revision raised).
+    pub fn apply(
+        &mut self,
+        frame: &Frame,
+        plan: &Plan,
+        commit: bool,
+        wall: DateTime<Utc>,
+    ) -> Vec<PlanView> {
+        let mut decisions = self.decide(frame, plan, commit);
+        let in_frame: HashSet<(&str, u64)> = frame
+            .entries
+            .iter()
+            .chain(frame.refused.iter().map(|(e, _)| e))
+            .map(|e| (e.key.as_str(), e.version))
+            .collect();
+        let mut changed = Vec::new();
+        let at = frame.grid.instant(frame.now);
+        let keys: Vec<String> = self.jobs.keys().cloned().collect();
+        for key in keys {
+            let Some(job) = self.jobs.get(&key) else {
+                continue;
+            };
+            let considered = in_frame.contains(&(key.as_str(), job.version));
+            let queued = self.queued(job, at);
+            let decision = decisions.remove(&key);
+            let Some(mut view) = view_of(frame, &self.settings, job, decision, queued, considered, wall)
+            else {
+                continue;
+            };
+            view.revision = job.view.revision;
+            if let Some(job) = self.jobs.get_mut(&key)
+                && view != job.view
+            {
+                view.revision += 1;
+                job.view = view.clone();
+                changed.push(view);
+            }
+        }
+        let revisions: Vec<(String, u64)> =
+            changed.iter().map(|v| (v.key.clone(), v.revision)).collect();
+        if let Err(e) = self.store.write(&[], &revisions) {
+            // A restart may then hand out a revision again; the plans themselves are right.
+            tracing::warn!(error = %e, "could not record plan revisions");
+        }
+        let retention = self.settings.done_retention;
+        self.jobs
+            .retain(|_, j| j.ending.as_ref().is_none_or(|(_, at)| wall - *at < retention));
+        changed
+    }
+
+    /// Turns the policy's plan into one decision per job, committing (and recording) the runs
+    /// that start when `commit`.
+    fn decide(&mut self, frame: &Frame, plan: &Plan, commit: bool) -> HashMap<String, Decision> {
+        let snap = frame.snapshot();
+        let mut used = vec![0u32; frame.nodes.len()];
+        for a in &frame.active {
+            used[a.node] += a.gpus;
+        }
+        let current = |qi: usize| {
+            let e = frame.entries.get(qi)?;
+            let job = self.jobs.get(&e.key)?;
+            (job.version == e.version && job.ending.is_none()).then_some(e.key.clone())
+        };
+        let mut decisions: HashMap<String, Decision> = HashMap::new();
+        let mut new_runs: Vec<CommittedRun> = Vec::new();
+        for s in &plan.starts {
+            let Some(key) = current(s.pending) else {
+                continue;
+            };
+            if !commit {
+                decisions.insert(
+                    key,
+                    Decision::Next {
+                        start: frame.now,
+                        zone: s.zone,
+                        point: s.point,
+                        nodes: s.nodes.clone(),
+                    },
+                );
+                continue;
+            }
+            if let Err(reason) = check_start(&snap, s, &used) {
+                tracing::error!(job = %key, %reason, "the policy started an impossible run; not started");
+                decisions.insert(key, Decision::NotStarted(format!("not started: {reason}")));
+                continue;
+            }
+            for &(n, g) in &s.nodes {
+                used[n] += g;
+            }
+            let job = &self.jobs[&key];
+            let pending = &frame.queue[s.pending];
+            let point = frame.profiles[pending.profile].points[s.point];
+            new_runs.push(CommittedRun {
+                key: key.clone(),
+                uid: job.spec.uid.clone(),
+                seq: job.runs.len() as u32,
+                start: frame.grid.instant(frame.now),
+                end: frame.grid.instant(s.end),
+                zone: frame.zones[s.zone].name.clone(),
+                nodes: s
+                    .nodes
+                    .iter()
+                    .map(|&(n, g)| (frame.nodes[n].name.clone(), g))
+                    .collect(),
+                power_limit: point.power_limit,
+                work_done: Hours(progress::run_work(
+                    frame.now,
+                    s.end,
+                    frame.grid.slot_hours(),
+                    point.throughput,
+                )),
+            });
+            decisions.insert(key, Decision::Started);
+        }
+        for i in &plan.intents {
+            if let Some(key) = current(i.pending) {
+                decisions.insert(
+                    key,
+                    Decision::Next {
+                        start: i.start,
+                        zone: i.zone,
+                        point: i.point,
+                        nodes: i.nodes.clone(),
+                    },
+                );
+            }
+        }
+        for r in &plan.rejections {
+            if let Some(key) = current(r.pending) {
+                decisions.insert(key, Decision::Rejected(r.reason.clone()));
+            }
+        }
+        for (e, reason) in &frame.refused {
+            if self.jobs.get(&e.key).is_some_and(|j| j.version == e.version) {
+                decisions.insert(e.key.clone(), Decision::Rejected(reason.clone()));
+            }
+        }
+        if !new_runs.is_empty() {
+            // Recorded before anyone is told to start: a run the store does not hold could
+            // be moved by a restart.
+            match self.store.write(&new_runs, &[]) {
+                Ok(()) => {
+                    for r in new_runs {
+                        tracing::info!(job = %r.key, start = %r.start, end = %r.end, zone = %r.zone, "run committed");
+                        if let Some(job) = self.jobs.get_mut(&r.key) {
+                            job.runs.push(r);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not record the runs that start; none starts");
+                    for r in new_runs {
+                        decisions.insert(
+                            r.key,
+                            Decision::NotStarted(format!("not started: the run could not be recorded ({e})")),
+                        );
+                    }
+                }
+            }
+        }
+        decisions
+    }
+}
+
+/// Ends the runs in progress at `now` at the next slot boundary (at least one slot after their
+/// start), scaling their work; returns the runs it changed.
+fn cut_runs(settings: &Settings, runs: &mut [CommittedRun], now: DateTime<Utc>) -> Vec<CommittedRun> {
+    let mut cut = Vec::new();
+    for r in runs.iter_mut().filter(|r| r.end > now) {
+        let end = settings.ceil(now).max(r.start + settings.slot());
+        if end >= r.end {
+            continue;
+        }
+        let share = (end - r.start).num_seconds() as f64 / (r.end - r.start).num_seconds() as f64;
+        r.work_done = Hours(r.work_done.0 * share);
+        r.end = end;
+        cut.push(r.clone());
+    }
+    cut
+}
+
+/// The next run of a queued (or running preemptible) job, on the frame's grid.
+#[derive(Debug, Clone)]
+struct NextRun {
+    start: Slot,
+    zone: usize,
+    point: usize,
+    nodes: Vec<(usize, u32)>,
+}
+
+/// A job's plan after `decision`; `None` to keep the current one (a queued job the frame did
+/// not include, because it changed after the frame was built).
+fn view_of(
+    frame: &Frame,
+    settings: &Settings,
+    job: &LiveJob,
+    decision: Option<Decision>,
+    queued: bool,
+    considered: bool,
+    wall: DateTime<Utc>,
+) -> Option<PlanView> {
+    let spec = &job.spec;
+    let profile = frame.resolve(spec).ok().map(|(_, p)| p);
+    let point_of = |limit: Watts| {
+        profile.and_then(|p| {
+            frame.profiles[p]
+                .points
+                .iter()
+                .position(|q| q.power_limit == limit)
+        })
+    };
+    let mut v = job.view.clone();
+    v.start = None;
+    v.end = None;
+    v.zone.clear();
+    v.nodes.clear();
+    v.power_limit = None;
+    let show_run = |v: &mut PlanView, r: &CommittedRun| {
+        v.start = Some(r.start);
+        v.end = Some(r.end);
+        v.zone.clone_from(&r.zone);
+        v.nodes.clone_from(&r.nodes);
+        v.power_limit = Some(r.power_limit);
+    };
+    let mut next: Option<NextRun> = None;
+    let running = job.runs.iter().find(|r| r.start <= wall && r.end > wall);
+    if let Some((ending, _)) = &job.ending {
+        v.phase = Phase::Done;
+        v.reason = match ending {
+            Ending::Succeeded => "succeeded".to_owned(),
+            Ending::Failed(m) if m.is_empty() => "failed".to_owned(),
+            Ending::Failed(m) => format!("failed: {m}"),
+            Ending::Cancelled => "cancelled".to_owned(),
+        };
+        if let Some(r) = job.runs.last() {
+            show_run(&mut v, r);
+        }
+    } else if let Some(r) = running {
+        v.phase = Phase::Run;
+        v.reason = "running".to_owned();
+        show_run(&mut v, r);
+        let more = spec.preemptible
+            && !progress::is_done(spec.work, settings.checkpoint_overhead, job.runs.len(), job.done());
+        if let (true, Some(zone), Some(point)) = (more, frame.zone(&r.zone), point_of(r.power_limit)) {
+            next = Some(NextRun {
+                start: frame.slot_of(r.end),
+                zone,
+                point,
+                nodes: Vec::new(),
+            });
+        }
+    } else if queued {
+        if !considered {
+            return None;
+        }
+        v.phase = if job.runs.is_empty() {
+            Phase::Planned
+        } else {
+            Phase::Suspend
+        };
+        match decision {
+            Some(Decision::Next {
+                start,
+                zone,
+                point,
+                nodes,
+            }) => {
+                let n = NextRun {
+                    start,
+                    zone,
+                    point,
+                    nodes,
+                };
+                v.reason = waiting_reason(frame, job, &n);
+                next = Some(n);
+            }
+            Some(Decision::Rejected(r)) => {
+                v.phase = Phase::Rejected;
+                v.reason = r;
+            }
+            Some(Decision::NotStarted(r)) => v.reason = r,
+            Some(Decision::Started) | None => {
+                v.reason = "no placement before the deadline yet: waiting for capacity, or for \
+                            prices within the cap"
+                    .to_owned();
+            }
+        }
+    } else {
+        v.phase = Phase::Run;
+        v.reason = "the planned runs are over; waiting for the job's end to be reported".to_owned();
+        if let Some(r) = job.runs.last() {
+            show_run(&mut v, r);
+        }
+    }
+    if let (Some(n), Some(p)) = (&next, profile)
+        && matches!(v.phase, Phase::Planned | Phase::Suspend)
+    {
+        let pt = frame.profiles[p].points[n.point];
+        let left = progress::work_left(spec.work, settings.checkpoint_overhead, job.runs.len(), job.done());
+        v.start = Some(frame.grid.instant(n.start));
+        v.end = Some(frame.grid.instant(n.start + frame.slots_for(left, pt.throughput)));
+        v.zone.clone_from(&frame.zones[n.zone].name);
+        v.nodes = n
+            .nodes
+            .iter()
+            .map(|&(i, g)| (frame.nodes[i].name.clone(), g))
+            .collect();
+        v.power_limit = Some(pt.power_limit);
+    }
+    estimate(frame, settings, job, profile, next.as_ref(), &mut v);
+    Some(v)
+}
+
+/// Why a queued job waits for its next run.
+fn waiting_reason(frame: &Frame, job: &LiveJob, n: &NextRun) -> String {
+    let when = frame.grid.instant(n.start).format("%Y-%m-%dT%H:%MZ");
+    let earliest = frame.grid.first_slot_at_or_after(job.spec.submit).max(frame.now);
+    if job.runs.is_empty() {
+        return if n.start <= earliest {
+            format!("starts at {when}")
+        } else {
+            format!("waiting for a cheaper window: starts at {when}")
+        };
+    }
+    let over_cap = job.spec.price_cap.and_then(|cap| {
+        let last = job.runs.last().and_then(|r| frame.zone(&r.zone))?;
+        let price = frame.zones[last].price.get(frame.now as usize)?;
+        (price.0 > cap.0).then(|| {
+            format!(
+                "the price in {} ({:.2}/MWh) is above the job's cap ({:.2}); ",
+                frame.zones[last].name, price.0, cap.0
+            )
+        })
+    });
+    format!(
+        "{}suspended until its next run at {when}",
+        over_cap.unwrap_or_default()
+    )
+}
+
+/// Fills in the estimates of a job: its committed runs and its next run at the frame's
+/// signals (known, then estimated), and the saving against running it at full power from its
+/// submission in the same zone; flags degraded signals.
+fn estimate(
+    frame: &Frame,
+    settings: &Settings,
+    job: &LiveJob,
+    profile: Option<usize>,
+    next: Option<&NextRun>,
+    v: &mut PlanView,
+) {
+    let spec = &job.spec;
+    let mut cost = Money(0.0);
+    let mut carbon = KgCo2e(0.0);
+    let mut estimated_past: Option<DateTime<Utc>> = None;
+    let draw_at = |limit: Watts| {
+        profile
+            .and_then(|p| {
+                frame.profiles[p]
+                    .points
+                    .iter()
+                    .find(|q| q.power_limit == limit)
+            })
+            // An unknown limit draws at most the limit itself.
+            .map_or(limit, |q| q.draw)
+    };
+    for r in &job.runs {
+        if let Some(z) = frame.zone(&r.zone) {
+            let gpus = r.nodes.iter().map(|n| n.1).sum();
+            let (c, k, past) = frame.window(
+                z,
+                gpus,
+                draw_at(r.power_limit),
+                frame.slot_of(r.start),
+                frame.slot_of(r.end),
+            );
+            cost += c;
+            carbon += k;
+            if past {
+                estimated_past = Some(frame.known_until(z));
+            }
+        }
+    }
+    if let (Some(n), Some(p)) = (next, profile) {
+        let pt = frame.profiles[p].points[n.point];
+        let left = progress::work_left(spec.work, settings.checkpoint_overhead, job.runs.len(), job.done());
+        let b = n.start + frame.slots_for(left, pt.throughput);
+        let (c, k, past) = frame.window(n.zone, spec.gpus(), pt.draw, n.start, b);
+        cost += c;
+        carbon += k;
+        if past {
+            estimated_past = Some(frame.known_until(n.zone));
+        }
+    }
+    let zone = job
+        .runs
+        .first()
+        .and_then(|r| frame.zone(&r.zone))
+        .or(next.map(|n| n.zone));
+    let mut saving = Money(0.0);
+    if let (Some(z), Some(p)) = (zone, profile) {
+        let full = frame.profiles[p].points[frame.profiles[p].full_power()];
+        let a = frame.grid.first_slot_at_or_after(spec.submit);
+        let b = a + frame.slots_for(spec.work, full.throughput);
+        saving = frame.window(z, spec.gpus(), full.draw, a, b).0 - cost;
+    }
+    v.estimated_cost = Money(round(cost.0, CENTS));
+    v.estimated_carbon = KgCo2e(round(carbon.0, GRAMS_PER_KG));
+    v.estimated_saving = Money(round(saving.0, CENTS));
+    let plan_zone = frame.zone(&v.zone).or(zone);
+    let degraded = plan_zone.and_then(|z| frame.zones[z].degraded.as_deref());
+    v.signals_degraded = degraded.is_some() || estimated_past.is_some();
+    if let Some(d) = degraded {
+        v.reason.push_str(&format!("; signals degraded: {d}"));
+    }
+    if let Some(t) = estimated_past {
+        v.reason.push_str(&format!(
+            "; planned on estimated signals after {}",
+            t.format("%Y-%m-%dT%H:%MZ")
+        ));
+    }
+}
+
+fn round(x: f64, per_unit: f64) -> f64 {
+    (x * per_unit).round() / per_unit
+}

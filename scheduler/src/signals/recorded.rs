@@ -1,0 +1,136 @@
+//! A provider's answer saved to a file, read as if it had just been fetched: for replaying a
+//! recorded day, running `offpeak signals show` offline, or building a scenario from real
+//! answers. The file is read at every fetch (an operator may replace it) and parsed by the
+//! provider's own parser, so it is checked exactly as a live answer would be.
+
+use std::path::PathBuf;
+
+use super::octopus::Vat;
+use super::{
+    CarbonSeries, FetchFailure, PriceSeries, Publication, SignalError, SignalProvider, Window,
+    awattar, electricity_maps, entsoe, octopus, uk_carbon, watttime,
+};
+use crate::units::{GramsPerKwh, PricePerMwh};
+
+/// Which provider recorded a price answer, and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordedPrice {
+    /// An Octopus Agile `standard-unit-rates` page.
+    Octopus { vat: Vat },
+    /// An aWATTar `/v1/marketdata` answer.
+    Awattar,
+    /// An ENTSO-E A44 document, one auction's sequence.
+    Entsoe { sequence: u32 },
+}
+
+/// Which provider recorded a carbon answer, and how to read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordedCarbon {
+    UkCarbon,
+    ElectricityMaps,
+    WattTime {
+        signal: watttime::Signal,
+        endpoint: watttime::Endpoint,
+    },
+}
+
+/// A recorded answer in a file.
+#[derive(Debug, Clone)]
+pub struct Recorded<F> {
+    pub path: PathBuf,
+    pub format: F,
+    /// The zone name given to series whose answer does not name one.
+    pub zone: String,
+}
+
+impl<F> Recorded<F> {
+    fn read(&self, provider: &'static str) -> Result<Vec<u8>, SignalError> {
+        std::fs::read(&self.path).map_err(|e| SignalError::Fetching {
+            provider,
+            endpoint: self.path.display().to_string(),
+            failure: FetchFailure::Transport(e.to_string()),
+        })
+    }
+}
+
+impl RecordedPrice {
+    /// Parses `body` as this provider's answer.
+    pub fn parse(&self, body: &[u8], zone: &str) -> Result<PriceSeries, SignalError> {
+        match self {
+            RecordedPrice::Octopus { vat } => octopus::parse(body, zone, *vat),
+            RecordedPrice::Awattar => awattar::parse(body, zone),
+            RecordedPrice::Entsoe { sequence } => entsoe::parse(body, zone, *sequence),
+        }
+    }
+
+    fn provider(&self) -> &'static str {
+        match self {
+            RecordedPrice::Octopus { .. } => octopus::PROVIDER,
+            RecordedPrice::Awattar => awattar::PROVIDER,
+            RecordedPrice::Entsoe { .. } => entsoe::PROVIDER,
+        }
+    }
+}
+
+impl RecordedCarbon {
+    /// Parses `body` as this provider's answer.
+    pub fn parse(&self, body: &[u8]) -> Result<CarbonSeries, SignalError> {
+        match self {
+            RecordedCarbon::UkCarbon => uk_carbon::parse(body),
+            RecordedCarbon::ElectricityMaps => electricity_maps::parse(body),
+            RecordedCarbon::WattTime { signal, endpoint } => {
+                watttime::parse(body, *signal, *endpoint)
+            }
+        }
+    }
+
+    fn provider(&self) -> &'static str {
+        match self {
+            RecordedCarbon::UkCarbon => uk_carbon::PROVIDER,
+            RecordedCarbon::ElectricityMaps => electricity_maps::PROVIDER,
+            RecordedCarbon::WattTime { .. } => watttime::PROVIDER,
+        }
+    }
+}
+
+impl SignalProvider for Recorded<RecordedPrice> {
+    type Unit = PricePerMwh;
+
+    fn name(&self) -> &'static str {
+        self.format.provider()
+    }
+
+    async fn fetch(&self, _window: Window) -> Result<PriceSeries, SignalError> {
+        let body = self.read(self.name())?;
+        self.format.parse(&body, &self.zone)
+    }
+
+    fn publication(&self) -> Publication {
+        Publication::Document
+    }
+
+    fn notes(&self) -> Vec<String> {
+        vec![format!("recorded answer {}", self.path.display())]
+    }
+}
+
+impl SignalProvider for Recorded<RecordedCarbon> {
+    type Unit = GramsPerKwh;
+
+    fn name(&self) -> &'static str {
+        self.format.provider()
+    }
+
+    async fn fetch(&self, _window: Window) -> Result<CarbonSeries, SignalError> {
+        let body = self.read(self.name())?;
+        self.format.parse(&body)
+    }
+
+    fn publication(&self) -> Publication {
+        Publication::Document
+    }
+
+    fn notes(&self) -> Vec<String> {
+        vec![format!("recorded answer {}", self.path.display())]
+    }
+}
