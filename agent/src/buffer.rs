@@ -130,7 +130,10 @@ impl BatchBuffer {
     }
 
     /// A buffer in `dir` (created if missing), with what an earlier run left there.
-    pub fn open(dir: impl Into<PathBuf>, limits: BufferLimits) -> Result<(Self, Loaded), BufferError> {
+    pub fn open(
+        dir: impl Into<PathBuf>,
+        limits: BufferLimits,
+    ) -> Result<(Self, Loaded), BufferError> {
         let dir = dir.into();
         let open_err = |source| BufferError::Open {
             dir: dir.clone(),
@@ -190,7 +193,10 @@ impl BatchBuffer {
         }
         loaded.batches = buffer.entries.len();
         if loaded.batches > 0 || loaded.corrupt > 0 {
-            info!(?loaded, "batch buffer reopened; its batches will be replayed");
+            info!(
+                ?loaded,
+                "batch buffer reopened; its batches will be replayed"
+            );
         }
         Ok((buffer, loaded))
     }
@@ -308,7 +314,9 @@ impl BatchBuffer {
         };
         match (&entry.batch, &self.dir) {
             (Some(batch), _) => Ok(Some(batch.clone())),
-            (None, Some(dir)) => read_batch_file(&batch_path(dir, entry.index)).map(|(b, _)| Some(b)),
+            (None, Some(dir)) => {
+                read_batch_file(&batch_path(dir, entry.index)).map(|(b, _)| Some(b))
+            }
             (None, None) => Ok(None),
         }
     }

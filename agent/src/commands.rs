@@ -114,9 +114,8 @@ impl Link {
                 }
             }
             if self.acks_closed {
-                let deadline = *flush_deadline.get_or_insert_with(|| {
-                    tokio::time::Instant::now() + self.config.flush_timeout
-                });
+                let deadline = *flush_deadline
+                    .get_or_insert_with(|| tokio::time::Instant::now() + self.config.flush_timeout);
                 if self.pending.is_empty() || tokio::time::Instant::now() >= deadline {
                     break;
                 }
@@ -125,7 +124,10 @@ impl Link {
             self.backoff = (self.backoff * 2).min(self.config.backoff_max);
         }
         if !self.pending.is_empty() {
-            warn!(unsent = self.pending.len(), "stopping with acknowledgements unsent");
+            warn!(
+                unsent = self.pending.len(),
+                "stopping with acknowledgements unsent"
+            );
             self.report.acks_lost += self.pending.len() as u64;
         }
         info!(report = ?self.report, "command link stopped");

@@ -67,7 +67,9 @@ impl Enforcer {
             power_limit_watts: outcome.as_ref().map_or(0, |w| w.round() as u32),
         };
         match &outcome {
-            Ok(watts) => info!(command = %command.id, device = ?device, watts, "power limit applied"),
+            Ok(watts) => {
+                info!(command = %command.id, device = ?device, watts, "power limit applied")
+            }
             Err(error) => warn!(command = %command.id, %error, "command failed; reporting it"),
         }
         self.remember(ack.clone());
@@ -173,7 +175,9 @@ impl Enforcer {
 fn log_restored(device_uuid: &str, result: &Result<f64, String>) {
     match result {
         Ok(watts) => info!(device = %device_uuid, watts, "default power limit restored"),
-        Err(e) => warn!(device = %device_uuid, error = %e, "restoring the default power limit failed"),
+        Err(e) => {
+            warn!(device = %device_uuid, error = %e, "restoring the default power limit failed")
+        }
     }
 }
 
@@ -237,17 +241,31 @@ mod tests {
         let mut e = Enforcer::new();
         let (ack, device) = e.apply(&mut source, "agent-1", &set("c1", GPU0, 150));
         assert!(ack.ok, "{ack:?}");
-        assert_eq!((ack.agent_id.as_str(), ack.power_limit_watts), ("agent-1", 150));
+        assert_eq!(
+            (ack.agent_id.as_str(), ack.power_limit_watts),
+            ("agent-1", 150)
+        );
         assert_eq!(device.as_deref(), Some(GPU0));
         assert_eq!(limit(&mut source, 0)?, Some(150.0));
 
         let (ack, _) = e.apply(&mut source, "agent-1", &set("c2", GPU0, 400));
         assert!(!ack.ok);
-        assert!(ack.error.contains("outside the allowed range 100–250 W"), "{}", ack.error);
+        assert!(
+            ack.error.contains("outside the allowed range 100–250 W"),
+            "{}",
+            ack.error
+        );
         assert_eq!(limit(&mut source, 0)?, Some(150.0));
         let (ack, _) = e.apply(&mut source, "agent-1", &set("c3", "GPU-nope", 150));
         assert!(!ack.ok && ack.error.contains("not on this node"), "{ack:?}");
-        let (ack, _) = e.apply(&mut source, "agent-1", &Command { id: "c4".into(), kind: None });
+        let (ack, _) = e.apply(
+            &mut source,
+            "agent-1",
+            &Command {
+                id: "c4".into(),
+                kind: None,
+            },
+        );
         assert!(!ack.ok);
 
         let restored = e.restore_all(&mut source);
@@ -290,7 +308,10 @@ mod tests {
         assert!(ack.ok && ack.power_limit_watts == 250, "{ack:?}");
         assert!(e.changed().is_empty());
         e.apply(&mut source, "a", &set("c3", GPU0, 125));
-        assert!(e.restore(&mut source, "GPU-sim-0000000000000000-1").is_none());
+        assert!(
+            e.restore(&mut source, "GPU-sim-0000000000000000-1")
+                .is_none()
+        );
         let r = e.restore(&mut source, GPU0).ok_or("nothing restored")?;
         assert_eq!(r.result.ok(), Some(250.0));
         assert_eq!(limit(&mut source, 0)?, Some(250.0));

@@ -10,6 +10,7 @@
 //! - [`sim`]: a simulated source playing a measured Zeus power-limit sweep (`data/`);
 //! - [`rapl`]: CPU package and DRAM energy from the Linux powercap sysfs tree;
 //! - [`nvml`]: NVIDIA GPUs through NVML, loaded at run time;
+//! - [`tpu`]: TPU chips, power estimated from their duty cycle (marked estimated);
 //! - [`curve`]: power curves per (device model, workload), built from readings, and draw
 //!   against utilisation;
 //! - [`sampler`]: a source's readings into wire samples (with the pod using each device) and
@@ -24,7 +25,8 @@
 //! - [`runtime`]: the [`runtime::Agent`] tying these together, and [`runtime::run`], what the
 //!   `offpeak-agent` binary (`src/main.rs`) calls.
 //!
-//! Not here yet (issue 4): TPU sources.
+//! Not here yet (issue 4): a reader for the TPU runtime's metrics service (the TPU source
+//! takes its duty cycles through a trait), and TPUs in the binary.
 
 pub mod buffer;
 pub mod client;
@@ -39,5 +41,6 @@ pub mod runtime;
 pub mod sampler;
 pub mod sim;
 pub mod source;
+pub mod tpu;
 
 pub use source::{PowerSource, Reading, SourceError};

@@ -1,5 +1,5 @@
 //! `offpeak-agent`: parses the command line, then samples, streams and applies power limits
-//! until ctrl-c, when it restores default limits and flushes its buffer.
+//! until ctrl-c or SIGTERM, when it restores default limits and flushes its buffer.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -79,6 +79,30 @@ enum Profile {
     A40,
 }
 
+/// Resolves on ctrl-c (SIGINT) or SIGTERM, which Kubernetes sends when it stops the pod: both
+/// stop the agent gracefully, restoring default power limits.
+async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM; only ctrl-c stops the agent");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
+                tracing::error!(error = %e, "cannot listen for ctrl-c; stopping");
+            }
+        }
+        () = terminate => {}
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -112,13 +136,9 @@ async fn main() -> anyhow::Result<()> {
         interval: Duration::from_millis(args.interval_ms),
         pod_resources: args.pod_resources_socket,
     };
-    let stopped = runtime::run(config, async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c; stopping");
-        }
-    })
-    .await
-    .context("running the agent")?;
+    let stopped = runtime::run(config, stop_signal())
+        .await
+        .context("running the agent")?;
     let u = &stopped.uplink;
     eprintln!(
         "confirmed {} batches, dropped {}, unsent {}, reconnects {}; commands applied {}, \

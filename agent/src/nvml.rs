@@ -49,7 +49,11 @@ const BOOT_ID_PATH: &str = "/proc/sys/kernel/random/boot_id";
 /// the boot id names that run. The id is a UUID; its first 64 bits are random enough.
 fn boot_epoch() -> Option<u64> {
     let text = std::fs::read_to_string(BOOT_ID_PATH).ok()?;
-    let hex: String = text.chars().filter(char::is_ascii_hexdigit).take(16).collect();
+    let hex: String = text
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(16)
+        .collect();
     u64::from_str_radix(&hex, 16).ok().filter(|&e| e != 0)
 }
 
@@ -157,9 +161,10 @@ impl NvmlSource {
         ];
         // Counters integrated by the agent start from zero with the source, so a restarted
         // agent starts a new epoch; hardware counters keep theirs until the next boot.
-        let epoch = match all_have_counters {
-            true => boot_epoch().unwrap_or_else(epoch_now),
-            false => epoch_now(),
+        let epoch = if all_have_counters {
+            boot_epoch().unwrap_or_else(epoch_now)
+        } else {
+            epoch_now()
         };
         Ok(Self {
             nvml,

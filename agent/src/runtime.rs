@@ -229,7 +229,11 @@ impl<S: PowerSource> Agent<S> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceKind {
     /// Simulated GPUs playing a bundled Zeus profile.
-    Sim { profile: SimProfile, devices: usize, seed: u64 },
+    Sim {
+        profile: SimProfile,
+        devices: usize,
+        seed: u64,
+    },
     /// NVIDIA GPUs through NVML; `library` overrides where `libnvidia-ml.so` is loaded from.
     Nvml { library: Option<PathBuf> },
     /// CPU package and DRAM energy from the powercap tree under `root`.
@@ -284,7 +288,9 @@ pub async fn run(
             }
             SourceKind::Nvml { library } => {
                 let source = match library {
-                    Some(path) => NvmlSource::with_library_path(path.as_os_str(), Arc::clone(&clock)),
+                    Some(path) => {
+                        NvmlSource::with_library_path(path.as_os_str(), Arc::clone(&clock))
+                    }
                     None => NvmlSource::new(Arc::clone(&clock)),
                 }
                 .map_err(ClientError::StartSource)?;
@@ -330,10 +336,10 @@ async fn drive<S: PowerSource>(
     let devices = source.devices().len();
     let sampler = Sampler::new(source, unix_origin_ms(clock.as_ref()));
     let mut agent = Agent::start(sampler, config.uplink.clone())?;
-    let mut pods = match &config.pod_resources {
-        Some(path) => Some(PodResources::new(path.clone())),
-        None => None,
-    };
+    let mut pods = config
+        .pod_resources
+        .as_ref()
+        .map(|path| PodResources::new(path.clone()));
     let mut ticks = tokio::time::interval(config.interval);
     // A late tick is sampled once, not caught up: the counter carries the energy anyway.
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

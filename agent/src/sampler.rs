@@ -219,7 +219,11 @@ mod tests {
         let curves = sampler.curves();
         assert_eq!(curves.len(), 1);
         assert_eq!(curves[0].workload, profile.workload);
-        let limits: Vec<u32> = curves[0].points.iter().map(|p| p.power_limit_watts).collect();
+        let limits: Vec<u32> = curves[0]
+            .points
+            .iter()
+            .map(|p| p.power_limit_watts)
+            .collect();
         assert_eq!(limits, vec![150, 250]);
         // Flat draw: the 150 W point is the profile's, to the milliwatt.
         let recorded = profile.curve.at(150.0).map(|p| p.draw_watts).unwrap_or(0.0);

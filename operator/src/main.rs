@@ -21,7 +21,11 @@ struct Args {
     )]
     scheduler: String,
     /// Field manager for server-side apply.
-    #[arg(long, env = "OFFPEAK_FIELD_MANAGER", default_value = "offpeak-operator")]
+    #[arg(
+        long,
+        env = "OFFPEAK_FIELD_MANAGER",
+        default_value = "offpeak-operator"
+    )]
     field_manager: String,
     /// The one namespace whose TrainingJobs to reconcile; every namespace when unset.
     #[arg(long, env = "OFFPEAK_WATCH_NAMESPACE")]

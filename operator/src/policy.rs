@@ -74,10 +74,7 @@ pub fn resolve(job: &TrainingJobSpec, policies: &[&EnergyPolicy]) -> Resolved {
     names.sort();
     let specs = || policies.iter().map(|p| &p.spec);
     Resolved {
-        price_cap_per_mwh: lowest(
-            job.price_cap_per_mwh,
-            specs().map(|s| s.price_cap_per_mwh),
-        ),
+        price_cap_per_mwh: lowest(job.price_cap_per_mwh, specs().map(|s| s.price_cap_per_mwh)),
         carbon_cap_g_per_kwh: lowest(
             job.carbon_cap_g_per_kwh,
             specs().map(|s| s.carbon_cap_g_per_kwh),
@@ -102,9 +99,7 @@ fn lowest(own: Option<f64>, others: impl Iterator<Item = Option<f64>>) -> Option
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-        LabelSelector, LabelSelectorRequirement,
-    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 
     use super::*;
     use crate::crd::EnergyPolicySpec;
@@ -238,9 +233,11 @@ mod tests {
             }]),
             ..Default::default()
         });
-        let err = matching(std::slice::from_ref(&bad), &BTreeMap::new())
-            .expect_err("bad operator");
+        let err = matching(std::slice::from_ref(&bad), &BTreeMap::new()).expect_err("bad operator");
         assert_eq!(err.policy, "bad");
-        assert!(err.to_string().contains("invalid namespaceSelector"), "{err}");
+        assert!(
+            err.to_string().contains("invalid namespaceSelector"),
+            "{err}"
+        );
     }
 }

@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
-use kube::Client;
 use offpeak_proto::v1::placement_service_client::PlacementServiceClient;
 use thiserror::Error;
 use tokio::net::TcpListener;
@@ -142,7 +142,11 @@ pub async fn run_with_client(
     let plan_watch = PlanWatch {
         client: PlacementServiceClient::new(channel),
         cache: ctx.plans.clone(),
-        key_prefix: config.namespace.as_ref().map(|ns| format!("{ns}/")).unwrap_or_default(),
+        key_prefix: config
+            .namespace
+            .as_ref()
+            .map(|ns| format!("{ns}/"))
+            .unwrap_or_default(),
         changed: changed_tx,
         resync: resync_tx,
         connected: ready.clone(),
@@ -180,10 +184,7 @@ pub async fn run_with_client(
         .await;
     info!("controller stopped");
     let _ = watch_task.await;
-    admin
-        .await
-        .unwrap_or(Ok(()))
-        .map_err(RunError::ServeAdmin)
+    admin.await.unwrap_or(Ok(())).map_err(RunError::ServeAdmin)
 }
 
 async fn check_crds(client: &Client, jobs: &Api<TrainingJob>) -> Result<(), RunError> {
@@ -216,10 +217,17 @@ where
         + 'static,
 {
     let (reader, writer) = reflector::store();
+    let kind = K::kind(&()).to_string();
     let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
         .default_backoff()
         .applied_objects()
-        .for_each(|_| async {});
+        .for_each(move |result| {
+            if let Err(e) = result {
+                // Readiness waits for the first full list; say why it does not come.
+                warn!(kind = %kind, error = %e, "watching failed; retrying");
+            }
+            async {}
+        });
     tokio::spawn(async move {
         tokio::select! {
             () = stream => {}

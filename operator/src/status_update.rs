@@ -135,7 +135,11 @@ pub fn transition_event(previous: Option<JobPhase>, now: &PhaseDetail) -> Option
 
 /// The plan as the status shows it (money rounded to cents, carbon to grams).
 pub fn plan_status(plan: &JobPlan) -> PlanStatus {
-    let at = |unix: i64| (unix > 0).then(|| DateTime::from_timestamp(unix, 0)).flatten();
+    let at = |unix: i64| {
+        (unix > 0)
+            .then(|| DateTime::from_timestamp(unix, 0))
+            .flatten()
+    };
     let phase = PlanPhase::try_from(plan.phase).unwrap_or(PlanPhase::Unspecified);
     PlanStatus {
         phase: phase
@@ -186,12 +190,30 @@ mod tests {
     #[test]
     fn transition_time_moves_only_when_the_status_flips() {
         let mut cs = Vec::new();
-        set_condition(&mut cs, ConditionUpdate::new(RUNNING, false, "Pending", ""), Some(1), at(100));
-        set_condition(&mut cs, ConditionUpdate::new(RUNNING, false, "Starting", "x"), Some(2), at(200));
+        set_condition(
+            &mut cs,
+            ConditionUpdate::new(RUNNING, false, "Pending", ""),
+            Some(1),
+            at(100),
+        );
+        set_condition(
+            &mut cs,
+            ConditionUpdate::new(RUNNING, false, "Starting", "x"),
+            Some(2),
+            at(200),
+        );
         assert_eq!(cs.len(), 1);
         assert_eq!(cs[0].last_transition_time.0.as_second(), 100);
-        assert_eq!((cs[0].reason.as_str(), cs[0].observed_generation), ("Starting", Some(2)));
-        set_condition(&mut cs, ConditionUpdate::new(RUNNING, true, "WorkersRunning", ""), Some(2), at(300));
+        assert_eq!(
+            (cs[0].reason.as_str(), cs[0].observed_generation),
+            ("Starting", Some(2))
+        );
+        set_condition(
+            &mut cs,
+            ConditionUpdate::new(RUNNING, true, "WorkersRunning", ""),
+            Some(2),
+            at(300),
+        );
         assert_eq!(cs[0].status, "True");
         assert_eq!(cs[0].last_transition_time.0.as_second(), 300);
     }
@@ -217,7 +239,10 @@ mod tests {
             reason: "r",
             message: "m".into(),
         };
-        assert_eq!(transition_event(Some(JobPhase::Running), &d(JobPhase::Running)), None);
+        assert_eq!(
+            transition_event(Some(JobPhase::Running), &d(JobPhase::Running)),
+            None
+        );
         let e = transition_event(Some(JobPhase::Suspended), &d(JobPhase::Starting)).expect("event");
         assert_eq!((e.reason.as_str(), e.warning), ("Resuming", false));
         let e = transition_event(Some(JobPhase::Running), &d(JobPhase::Failed)).expect("event");

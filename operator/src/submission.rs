@@ -209,7 +209,10 @@ mod tests {
         assert_eq!(s.spec.price_cap_per_mwh, Some(90.0));
         assert_eq!(s.spec.carbon_cap_g_per_kwh, None);
         assert_eq!(s.spec.accelerator, "A100");
-        assert_eq!((s.spec.team.as_str(), s.spec.cost_centre.as_str()), ("nlp", "cc-42"));
+        assert_eq!(
+            (s.spec.team.as_str(), s.spec.cost_centre.as_str()),
+            ("nlp", "cc-42")
+        );
         assert!(s.spec.preemptible);
         assert_eq!(s.caps.policies, ["cluster"]);
     }
@@ -249,8 +252,8 @@ mod tests {
     fn a_past_deadline_is_invalid_only_before_the_first_submission() {
         let mut spec = TrainingJobSpec::new("img", 1, 1, 1.0);
         spec.deadline = Some(at(CREATED - 10));
-        let err = build(&job(spec.clone()), &Resolved::default(), at(CREATED), true)
-            .expect_err("past");
+        let err =
+            build(&job(spec.clone()), &Resolved::default(), at(CREATED), true).expect_err("past");
         assert_eq!(err.reason(), "DeadlineInPast");
         assert!(err.to_string().contains("already past"), "{err}");
         // An accepted job that runs late is re-submitted as it is.
@@ -265,8 +268,7 @@ mod tests {
             value: Some("3".into()),
             ..Default::default()
         });
-        let err = build(&job(spec), &Resolved::default(), at(CREATED), true)
-            .expect_err("reserved");
+        let err = build(&job(spec), &Resolved::default(), at(CREATED), true).expect_err("reserved");
         assert_eq!(
             err,
             InvalidJob::ReservedEnv {

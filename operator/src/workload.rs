@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Affinity, Container, ContainerPort, EnvVar, ExecAction, Lifecycle, LifecycleHandler,
-    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
-    PodSchedulingGate, PodSpec, ResourceRequirements, Service, ServicePort, ServiceSpec,
+    NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod, PodSchedulingGate,
+    PodSpec, ResourceRequirements, Service, ServicePort, ServiceSpec,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -22,8 +22,8 @@ use offpeak_proto::v1::{JobPlan, NodeAssignment};
 use thiserror::Error;
 
 use crate::crd::{
-    ANNOTATION_PLAN_REVISION, ANNOTATION_POWER_LIMIT, ANNOTATION_ZONE, CheckpointSignal,
-    GANG_GATE, LABEL_JOB, LABEL_JOB_UID, LABEL_RANK, TrainingJob,
+    ANNOTATION_PLAN_REVISION, ANNOTATION_POWER_LIMIT, ANNOTATION_ZONE, CheckpointSignal, GANG_GATE,
+    LABEL_JOB, LABEL_JOB_UID, LABEL_RANK, TrainingJob,
 };
 
 /// torchrun's default rendezvous port.
@@ -177,7 +177,10 @@ pub fn worker_pod(
             plan.power_limit_watts.to_string(),
         ),
         (ANNOTATION_ZONE.to_string(), plan.zone.clone()),
-        (ANNOTATION_PLAN_REVISION.to_string(), plan.revision.to_string()),
+        (
+            ANNOTATION_PLAN_REVISION.to_string(),
+            plan.revision.to_string(),
+        ),
     ]));
     Pod {
         metadata,
@@ -198,7 +201,12 @@ pub fn worker_pod(
     }
 }
 
-fn container(job: &TrainingJob, plan: &JobPlan, rank: u32, settings: &WorkloadSettings) -> Container {
+fn container(
+    job: &TrainingJob,
+    plan: &JobPlan,
+    rank: u32,
+    settings: &WorkloadSettings,
+) -> Container {
     let spec = &job.spec;
     let nonempty = |v: &Vec<String>| (!v.is_empty()).then(|| v.clone());
     Container {
@@ -207,7 +215,11 @@ fn container(job: &TrainingJob, plan: &JobPlan, rank: u32, settings: &WorkloadSe
         command: nonempty(&spec.command),
         args: nonempty(&spec.args),
         env: Some(environment(job, plan, rank, settings)),
-        resources: Some(resources(spec.resources.clone(), spec.gpus_per_worker, settings)),
+        resources: Some(resources(
+            spec.resources.clone(),
+            spec.gpus_per_worker,
+            settings,
+        )),
         volume_mounts: (!spec.volume_mounts.is_empty()).then(|| spec.volume_mounts.clone()),
         ports: Some(vec![ContainerPort {
             name: Some("rendezvous".into()),

@@ -32,7 +32,12 @@ fn broken(schema: &Value, object: &Value) -> Vec<String> {
             .into_vec()
             .into_iter()
             .map(|e| {
-                assert_eq!(e.kind, ErrorKind::ValidationFailure, "rule {} did not evaluate: {e}", e.rule);
+                assert_eq!(
+                    e.kind,
+                    ErrorKind::ValidationFailure,
+                    "rule {} did not evaluate: {e}",
+                    e.rule
+                );
                 e.message
             })
             .collect(),
@@ -60,9 +65,16 @@ fn without(mut base: Value, pointer: &str) -> Value {
 
 #[test]
 fn every_rule_compiles() {
-    for file in ["trainingjobs.offpeak.dev.yaml", "energypolicies.offpeak.dev.yaml"] {
+    for file in [
+        "trainingjobs.offpeak.dev.yaml",
+        "energypolicies.offpeak.dev.yaml",
+    ] {
         let compiled = compile_schema(&crd_schema(file));
-        assert!(!compiled.has_errors(), "{file}: {:?}", compiled.compilation_errors());
+        assert!(
+            !compiled.has_errors(),
+            "{file}: {:?}",
+            compiled.compilation_errors()
+        );
     }
 }
 
@@ -71,30 +83,101 @@ fn the_examples_pass() {
     let tj = crd_schema("trainingjobs.offpeak.dev.yaml");
     assert_eq!(broken(&tj, &job()), Vec::<String>::new());
     let ep = crd_schema("energypolicies.offpeak.dev.yaml");
-    assert_eq!(broken(&ep, &example("energypolicy.yaml")), Vec::<String>::new());
+    assert_eq!(
+        broken(&ep, &example("energypolicy.yaml")),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
 fn each_class_of_bad_training_job_is_refused_with_its_message() {
     let schema = crd_schema("trainingjobs.offpeak.dev.yaml");
     let cases: Vec<(&str, Value, &str)> = vec![
-        ("zero workers", with(job(), "/spec/workers", json!(0)), "workers must be at least 1"),
-        ("zero gpus", with(job(), "/spec/gpusPerWorker", json!(0)), "gpusPerWorker must be at least 1"),
-        ("negative price cap", with(job(), "/spec/priceCapPerMWh", json!(-1.5)), "priceCapPerMWh must not be negative"),
-        ("negative carbon cap", with(job(), "/spec/carbonCapGPerKWh", json!(-3)), "carbonCapGPerKWh must not be negative"),
-        ("no work", without(without(job(), "/spec/workHours"), "/spec/profileRef"), "set workHours"),
-        ("zero work", with(job(), "/spec/workHours", json!(0)), "workHours must be above zero"),
-        ("deadline and maxDelay", with(job(), "/spec/deadline", json!("2030-01-01T00:00:00Z")), "set at most one of deadline"),
-        ("negative maxDelay", with(job(), "/spec/maxDelay", json!("-2h")), "maxDelay must be a positive duration"),
-        ("checkpoint without preemptible", with(job(), "/spec/preemptible", json!(false)), "applies only to a preemptible job"),
-        ("grace period zero", with(job(), "/spec/checkpoint/gracePeriodSeconds", json!(0)), "gracePeriodSeconds must be between 1 and 86400"),
-        ("empty image", with(job(), "/spec/image", json!("")), "image must not be empty"),
-        ("empty accelerator", with(job(), "/spec/accelerator", json!("")), "accelerator must be a non-empty"),
-        ("team not a label value", with(job(), "/spec/team", json!("NLP team")), "team must be a label value"),
-        ("cost centre not a label value", with(job(), "/spec/costCentre", json!("-cc")), "costCentre must be a label value"),
-        ("name with a dot", with(job(), "/metadata/name", json!("bert.v2")), "metadata.name must be a DNS-1035 label"),
-        ("name too long", with(job(), "/metadata/name", json!("a".repeat(51))), "metadata.name must be a DNS-1035 label"),
-        ("empty profile name", with(job(), "/spec/profileRef", json!({"name": ""})), "profileRef.name must not be empty"),
+        (
+            "zero workers",
+            with(job(), "/spec/workers", json!(0)),
+            "workers must be at least 1",
+        ),
+        (
+            "zero gpus",
+            with(job(), "/spec/gpusPerWorker", json!(0)),
+            "gpusPerWorker must be at least 1",
+        ),
+        (
+            "negative price cap",
+            with(job(), "/spec/priceCapPerMWh", json!(-1.5)),
+            "priceCapPerMWh must not be negative",
+        ),
+        (
+            "negative carbon cap",
+            with(job(), "/spec/carbonCapGPerKWh", json!(-3)),
+            "carbonCapGPerKWh must not be negative",
+        ),
+        (
+            "no work",
+            without(without(job(), "/spec/workHours"), "/spec/profileRef"),
+            "set workHours",
+        ),
+        (
+            "zero work",
+            with(job(), "/spec/workHours", json!(0)),
+            "workHours must be above zero",
+        ),
+        (
+            "deadline and maxDelay",
+            with(job(), "/spec/deadline", json!("2030-01-01T00:00:00Z")),
+            "set at most one of deadline",
+        ),
+        (
+            "negative maxDelay",
+            with(job(), "/spec/maxDelay", json!("-2h")),
+            "maxDelay must be a positive duration",
+        ),
+        (
+            "checkpoint without preemptible",
+            with(job(), "/spec/preemptible", json!(false)),
+            "applies only to a preemptible job",
+        ),
+        (
+            "grace period zero",
+            with(job(), "/spec/checkpoint/gracePeriodSeconds", json!(0)),
+            "gracePeriodSeconds must be between 1 and 86400",
+        ),
+        (
+            "empty image",
+            with(job(), "/spec/image", json!("")),
+            "image must not be empty",
+        ),
+        (
+            "empty accelerator",
+            with(job(), "/spec/accelerator", json!("")),
+            "accelerator must be a non-empty",
+        ),
+        (
+            "team not a label value",
+            with(job(), "/spec/team", json!("NLP team")),
+            "team must be a label value",
+        ),
+        (
+            "cost centre not a label value",
+            with(job(), "/spec/costCentre", json!("-cc")),
+            "costCentre must be a label value",
+        ),
+        (
+            "name with a dot",
+            with(job(), "/metadata/name", json!("bert.v2")),
+            "metadata.name must be a DNS-1035 label",
+        ),
+        (
+            "name too long",
+            with(job(), "/metadata/name", json!("a".repeat(51))),
+            "metadata.name must be a DNS-1035 label",
+        ),
+        (
+            "empty profile name",
+            with(job(), "/spec/profileRef", json!({"name": ""})),
+            "profileRef.name must not be empty",
+        ),
     ];
     for (what, object, message) in cases {
         let errors = broken(&schema, &object);
@@ -126,11 +209,31 @@ fn bad_energy_policies_are_refused() {
     let schema = crd_schema("energypolicies.offpeak.dev.yaml");
     let policy = example("energypolicy.yaml");
     let cases = [
-        ("/spec/priceCapPerMWh", json!(-1), "priceCapPerMWh must not be negative"),
-        ("/spec/carbonCapGPerKWh", json!(-0.5), "carbonCapGPerKWh must not be negative"),
-        ("/spec/monthlyBudget", json!(-100), "monthlyBudget must not be negative"),
-        ("/spec/carbonPricePerTonne", json!(-1), "carbonPricePerTonne must not be negative"),
-        ("/spec/defaultMaxDelay", json!("0s"), "defaultMaxDelay must be a positive duration"),
+        (
+            "/spec/priceCapPerMWh",
+            json!(-1),
+            "priceCapPerMWh must not be negative",
+        ),
+        (
+            "/spec/carbonCapGPerKWh",
+            json!(-0.5),
+            "carbonCapGPerKWh must not be negative",
+        ),
+        (
+            "/spec/monthlyBudget",
+            json!(-100),
+            "monthlyBudget must not be negative",
+        ),
+        (
+            "/spec/carbonPricePerTonne",
+            json!(-1),
+            "carbonPricePerTonne must not be negative",
+        ),
+        (
+            "/spec/defaultMaxDelay",
+            json!("0s"),
+            "defaultMaxDelay must be a positive duration",
+        ),
     ];
     for (pointer, value, message) in cases {
         let errors = broken(&schema, &with(policy.clone(), pointer, value));

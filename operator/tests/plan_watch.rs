@@ -55,7 +55,12 @@ async fn submit(scheduler: &Scheduler) {
 #[tokio::test]
 async fn plans_flow_into_the_cache_and_a_restart_triggers_a_resync() {
     let scheduler = Scheduler::start(t0(), &hourly()).await;
-    let port = scheduler.address.rsplit(':').next().expect("port").to_string();
+    let port = scheduler
+        .address
+        .rsplit(':')
+        .next()
+        .expect("port")
+        .to_string();
     let cache = PlanCache::new();
     let connected = Arc::new(AtomicBool::new(false));
     let (changed_tx, mut changed) = mpsc::channel(16);
@@ -72,8 +77,13 @@ async fn plans_flow_into_the_cache_and_a_restart_triggers_a_resync() {
     let task = tokio::spawn(watch.run(async {
         let _ = stopped.await;
     }));
-    within("the first resync", resync.recv()).await.expect("resync");
-    assert!(connected.load(Ordering::SeqCst), "ready once the stream is open");
+    within("the first resync", resync.recv())
+        .await
+        .expect("resync");
+    assert!(
+        connected.load(Ordering::SeqCst),
+        "ready once the stream is open"
+    );
 
     submit(&scheduler).await;
     let job = within("a trigger", changed.recv()).await.expect("trigger");

@@ -15,7 +15,7 @@ use kube::runtime::controller::Action;
 use offpeak_operator::crd::{FINALIZER, JobPhase, TrainingJob};
 use offpeak_operator::reconcile::{Context, ContextConfig};
 use offpeak_operator::workload::WorkloadSettings;
-use offpeak_proto::v1::{GetPlanRequest, PlanPhase, SubmitJobRequest};
+use offpeak_proto::v1::{GetPlanRequest, PlanPhase};
 use serde_json::{Value, json};
 use support::api::{Expect, mock_client};
 use support::fixtures::{self as fx, uri};
@@ -49,8 +49,14 @@ fn context(client: kube::Client, scheduler: &Scheduler) -> Arc<Context> {
         field_manager: fx::FIELD_MANAGER.into(),
     };
     Arc::new(
-        Context::new(client, fx::placement(&scheduler.address), policies, namespaces, config)
-            .with_clock(scheduler.operator_clock()),
+        Context::new(
+            client,
+            fx::placement(&scheduler.address),
+            policies,
+            namespaces,
+            config,
+        )
+        .with_clock(scheduler.operator_clock()),
     )
 }
 
@@ -64,25 +70,19 @@ fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
 async fn plan_phase(scheduler: &Scheduler) -> PlanPhase {
     let mut client = fx::placement(&scheduler.address);
     let plan = client
-        .get_plan(GetPlanRequest { key: fx::KEY.into() })
+        .get_plan(GetPlanRequest {
+            key: fx::KEY.into(),
+        })
         .await
         .expect("plan")
         .into_inner();
     PlanPhase::try_from(plan.phase).expect("phase")
 }
 
-/// Submits the job directly, as an earlier reconcile would have, and returns the job as the
-/// API server holds it afterwards (submitted, running, reported running).
+/// The job submitted and running (as the API server holds it after earlier reconciles).
 async fn running_job(scheduler: &Scheduler) -> TrainingJob {
     let job = job();
-    let resolved = offpeak_operator::policy::resolve(&job.spec, &[]);
-    let submission = offpeak_operator::submission::build(&job, &resolved, t0(), true).expect("valid");
-    let mut client = fx::placement(&scheduler.address);
-    let plan = client
-        .submit_job(SubmitJobRequest { job: Some(submission.spec) })
-        .await
-        .expect("submitted")
-        .into_inner();
+    let plan = scheduler.submit(&job).await;
     assert_eq!(plan.phase, PlanPhase::Run as i32, "{plan:?}");
     fx::submitted(job, JobPhase::Running, Some("RUNNING"))
 }
@@ -94,7 +94,13 @@ async fn a_failed_worker_fails_the_job_and_stops_the_others_gracefully() {
     let ctx = context(client, &scheduler);
     let mut job = running_job(&scheduler).await;
     let plan = fx::plan(PlanPhase::Run, t0().timestamp(), 1);
-    let mut pods = released(&[fx::pod(&job, &plan, 0, "Running", false), fx::pod(&job, &plan, 1, "Failed", false)], "Running");
+    let mut pods = released(
+        &[
+            fx::pod(&job, &plan, 0, "Running", false),
+            fx::pod(&job, &plan, 1, "Failed", false),
+        ],
+        "Running",
+    );
     pods[1].status.as_mut().expect("status").phase = Some("Failed".into());
     pods[1].status.as_mut().expect("status").container_statuses = Some(vec![ContainerStatus {
         name: "trainer".into(),
@@ -132,9 +138,17 @@ async fn a_failed_worker_fails_the_job_and_stops_the_others_gracefully() {
     ];
     // The cache is empty (as after an operator restart): the job is re-submitted first.
     let (server, result, seen) = step(server, &ctx, &job, expect).await;
-    assert_eq!(result.expect("reconcile"), Action::await_change(), "no retry");
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::await_change(),
+        "no retry"
+    );
     keep_status(&mut job, &seen);
-    assert_eq!(plan_phase(&scheduler).await, PlanPhase::Done, "the scheduler was told");
+    assert_eq!(
+        plan_phase(&scheduler).await,
+        PlanPhase::Done,
+        "the scheduler was told"
+    );
 
     // Failed is final: no call at all, no requeue.
     let (_server, result, _) = step(server, &ctx, &job, vec![]).await;
@@ -180,17 +194,36 @@ async fn deleting_a_job_cancels_it_and_removes_pods_service_and_finalizer() {
     ];
     let (_server, result, _) = step(server, &ctx, &job, expect).await;
     assert_eq!(result.expect("reconcile"), Action::await_change());
-    assert_eq!(plan_phase(&scheduler).await, PlanPhase::Done, "cancelled with the scheduler");
+    assert_eq!(
+        plan_phase(&scheduler).await,
+        PlanPhase::Done,
+        "cancelled with the scheduler"
+    );
     scheduler.stop().await;
 }
+
+/// A change that makes a job unacceptable to the scheduler.
+type Edit = fn(&mut TrainingJob);
 
 #[tokio::test]
 async fn jobs_the_scheduler_refuses_get_a_condition_and_no_requeue() {
     let scheduler = Scheduler::start(t0(), &cheap()).await;
-    let cases: [(&str, fn(&mut TrainingJob), &str); 3] = [
-        ("unknown accelerator", |j| j.spec.accelerator = Some("H200".into()), "unknown accelerator `H200`"),
-        ("more GPUs than any node", |j| j.spec.gpus_per_worker = 16, "16 is more than any node has"),
-        ("carbon cap", |j| j.spec.carbon_cap_g_per_kwh = Some(200.0), "carbon caps are not supported"),
+    let cases: [(&str, Edit, &str); 3] = [
+        (
+            "unknown accelerator",
+            |j| j.spec.accelerator = Some("H200".into()),
+            "unknown accelerator `H200`",
+        ),
+        (
+            "more GPUs than any node",
+            |j| j.spec.gpus_per_worker = 16,
+            "16 is more than any node has",
+        ),
+        (
+            "carbon cap",
+            |j| j.spec.carbon_cap_g_per_kwh = Some(200.0),
+            "carbon caps are not supported",
+        ),
     ];
     for (what, edit, message) in cases {
         let (client, server) = mock_client();
@@ -199,21 +232,41 @@ async fn jobs_the_scheduler_refuses_get_a_condition_and_no_requeue() {
         edit(&mut job);
         let expect = vec![
             Expect::post(uri::events()).body(move |b| {
-                assert_eq!((b["reason"].as_str(), b["type"].as_str()), (Some("Rejected"), Some("Warning")), "{what}");
-                assert!(b["note"].as_str().is_some_and(|n| n.contains(message)), "{what}: {b}");
+                assert_eq!(
+                    (b["reason"].as_str(), b["type"].as_str()),
+                    (Some("Rejected"), Some("Warning")),
+                    "{what}"
+                );
+                assert!(
+                    b["note"].as_str().is_some_and(|n| n.contains(message)),
+                    "{what}: {b}"
+                );
             }),
             Expect::patch(uri::status())
                 .body(move |b| {
                     let s = &b["status"];
                     assert_eq!(s["phase"], "Rejected", "{what}");
                     let c = condition(s, "Submitted");
-                    assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("False"), Some("Refused")));
-                    assert!(c["message"].as_str().is_some_and(|m| m.starts_with("the scheduler refused the job: ") && m.contains(message)), "{what}: {c}");
+                    assert_eq!(
+                        (c["status"].as_str(), c["reason"].as_str()),
+                        (Some("False"), Some("Refused"))
+                    );
+                    assert!(
+                        c["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with("the scheduler refused the job: ")
+                                && m.contains(message)),
+                        "{what}: {c}"
+                    );
                 })
                 .reply_with(fx::with_applied_status(&job)),
         ];
         let (server, result, seen) = step(server, &ctx, &job, expect).await;
-        assert_eq!(result.expect("reconcile"), Action::await_change(), "{what}: no requeue");
+        assert_eq!(
+            result.expect("reconcile"),
+            Action::await_change(),
+            "{what}: no requeue"
+        );
         keep_status(&mut job, &seen);
         // Reconciled again unchanged (a resync): refused again, but nothing is written.
         let (_server, result, _) = step(server, &ctx, &job, vec![]).await;

@@ -55,8 +55,14 @@ fn context(client: kube::Client, scheduler: &Scheduler) -> Arc<Context> {
         field_manager: fx::FIELD_MANAGER.into(),
     };
     Arc::new(
-        Context::new(client, fx::placement(&scheduler.address), policies, namespaces, config)
-            .with_clock(scheduler.operator_clock()),
+        Context::new(
+            client,
+            fx::placement(&scheduler.address),
+            policies,
+            namespaces,
+            config,
+        )
+        .with_clock(scheduler.operator_clock()),
     )
 }
 
@@ -117,9 +123,11 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
     let mut job = job();
 
     // Create: the finalizer first, nothing else.
-    let expect = vec![Expect::patch(uri::job())
-        .body(|b| assert_eq!(b[1]["value"], json!([FINALIZER])))
-        .reply(serde_json::to_value(fx::finalized(job.clone())).expect("json"))];
+    let expect = vec![
+        Expect::patch(uri::job())
+            .body(|b| assert_eq!(b[1]["value"], json!([FINALIZER])))
+            .reply(serde_json::to_value(fx::finalized(job.clone())).expect("json")),
+    ];
     let (server, result, _) = step(server, &ctx, &job, expect).await;
     assert_eq!(result.expect("reconcile"), Action::await_change());
     job = fx::finalized(job);
@@ -139,7 +147,10 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
         }),
     ];
     let (server, result, seen) = step(server, &ctx, &job, expect).await;
-    assert_eq!(result.expect("reconcile"), Action::requeue(std::time::Duration::from_secs(300)));
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(std::time::Duration::from_secs(300))
+    );
     keep_status(&mut job, &seen);
 
     // The plan stream: the operator learns plan changes from the scheduler.
@@ -163,7 +174,10 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
     scheduler.clock.set(t0() + Duration::hours(1));
     let run = plan_reaches(&ctx, PlanPhase::Run).await;
     let trigger = changed_rx.recv().await.expect("a trigger");
-    assert_eq!((trigger.name.as_str(), trigger.namespace.as_deref()), ("bert", Some("ml")));
+    assert_eq!(
+        (trigger.name.as_str(), trigger.namespace.as_deref()),
+        ("bert", Some("ml"))
+    );
     assert_eq!(run.nodes.len(), 2);
     let expect = vec![
         Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
@@ -209,11 +223,23 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
     result.expect("reconcile");
     keep_status(&mut job, &seen);
 
+    // Nothing changed: reconciling again reads the pods and writes nothing (idempotent).
+    let expect = vec![Expect::get(uri::list_pods()).reply(fx::pod_list(&running))];
+    let (server, result, _) = step(server, &ctx, &job, expect).await;
+    assert_eq!(
+        result.expect("reconcile"),
+        Action::requeue(std::time::Duration::from_secs(300))
+    );
+
     // 02:00: the price rises above the cap: the plan suspends the job; the workers are deleted
     // with the checkpoint grace period.
     scheduler.clock.set(t0() + Duration::hours(2));
     let suspend = plan_reaches(&ctx, PlanPhase::Suspend).await;
-    assert!(suspend.reason.contains("above the job's cap"), "{}", suspend.reason);
+    assert!(
+        suspend.reason.contains("above the job's cap"),
+        "{}",
+        suspend.reason
+    );
     let expect = vec![
         Expect::get(uri::list_pods()).reply(fx::pod_list(&running)),
         delete_pod(0),
@@ -221,10 +247,21 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
         event("Suspended"),
         status_patch(&job, |s| {
             assert_eq!(s["phase"], "Suspended");
-            assert_eq!(s["reportedState"], "RUNNING", "not suspended before the pods are gone");
+            assert_eq!(
+                s["reportedState"], "RUNNING",
+                "not suspended before the pods are gone"
+            );
             let c = condition(s, "Suspended");
-            assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("PlanSuspended")));
-            assert!(c["message"].as_str().is_some_and(|m| m.contains("above the job's cap")), "{c}");
+            assert_eq!(
+                (c["status"].as_str(), c["reason"].as_str()),
+                (Some("True"), Some("PlanSuspended"))
+            );
+            assert!(
+                c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("above the job's cap")),
+                "{c}"
+            );
         }),
     ];
     let (server, result, seen) = step(server, &ctx, &job, expect).await;
@@ -275,7 +312,9 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
     keep_status(&mut job, &seen);
     let mut client = fx::placement(&scheduler.address);
     let plan = client
-        .get_plan(GetPlanRequest { key: fx::KEY.into() })
+        .get_plan(GetPlanRequest {
+            key: fx::KEY.into(),
+        })
         .await
         .expect("plan")
         .into_inner();
@@ -287,5 +326,77 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
 
     let _ = stop_watch.send(());
     watch_task.await.expect("watch task");
+    scheduler.stop().await;
+}
+
+#[tokio::test]
+async fn spec_suspend_holds_the_job_down_and_unsuspending_resumes_it() {
+    let scheduler = Scheduler::start(t0(), &hourly()).await;
+    scheduler.clock.set(t0() + Duration::hours(1));
+    let (client, server) = mock_client();
+    let ctx = context(client, &scheduler);
+    let mut job = fx::finalized(job());
+    let plan = scheduler.submit(&job).await;
+    assert_eq!(plan.phase, PlanPhase::Run as i32, "{plan:?}");
+    let pods: Vec<_> = (0..2)
+        .map(|rank| {
+            let mut pod = fx::pod(&job, &plan, rank, "Running", false);
+            pod.spec.as_mut().expect("spec").scheduling_gates = None;
+            pod
+        })
+        .collect();
+    job = fx::submitted(
+        job,
+        offpeak_operator::crd::JobPhase::Running,
+        Some("RUNNING"),
+    );
+
+    // spec.suspend: the workers are deleted gracefully, whatever the plan says.
+    job.spec.suspend = true;
+    job.metadata.generation = Some(2);
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&pods)),
+        delete_pod(0),
+        delete_pod(1),
+        event("Suspended"),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Suspended");
+            assert_eq!(s["submittedGeneration"], 2, "still submitted");
+            let c = condition(s, "Suspended");
+            assert_eq!(
+                (c["status"].as_str(), c["reason"].as_str()),
+                (Some("True"), Some("SuspendedBySpec"))
+            );
+        }),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    result.expect("reconcile");
+    keep_status(&mut job, &seen);
+
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
+        status_patch(&job, |s| assert_eq!(s["reportedState"], "SUSPENDED")),
+    ];
+    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    assert_eq!(result.expect("reconcile"), Action::await_change());
+    keep_status(&mut job, &seen);
+
+    // Unsuspended while the plan still says RUN: the workers come back.
+    job.spec.suspend = false;
+    job.metadata.generation = Some(3);
+    let expect = vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
+        Expect::patch(uri::apply_service()),
+        apply_pod(0, "A-v100-0"),
+        apply_pod(1, "A-v100-1"),
+        event("Resuming"),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Starting");
+            assert_eq!(s["reportedState"], "STARTING");
+            assert_eq!(s["submittedGeneration"], 3);
+        }),
+    ];
+    let (_server, result, _) = step(server, &ctx, &job, expect).await;
+    result.expect("reconcile");
     scheduler.stop().await;
 }

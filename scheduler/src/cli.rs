@@ -105,7 +105,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Serve(args) => Ok(service::serve_until_ctrl_c(&args)?),
+        Command::Serve(args) => Ok(service::serve_until_stopped(&args)?),
         Command::Report(args) => {
             let text = report::run(&args)?;
             if args.out.is_none() {
@@ -126,9 +126,7 @@ pub fn simulate(args: &SimulateArgs) -> anyhow::Result<Summary> {
 
 /// `offpeak simulate`: replays, writes the schedule, the ledger if asked and the month reports
 /// unless told not to; returns the summary and the reports written.
-pub fn simulate_with_reports(
-    args: &SimulateArgs,
-) -> anyhow::Result<(Summary, Vec<WrittenReport>)> {
+pub fn simulate_with_reports(args: &SimulateArgs) -> anyhow::Result<(Summary, Vec<WrittenReport>)> {
     let started = Instant::now();
     let sc = match &args.scenario {
         Some(dir) => {
@@ -209,9 +207,30 @@ fn write_reports(
     )?)
 }
 
-/// The reports' lines of the summary table: where they are, and which to open.
+/// The reports' lines of the summary table: where they are, which to open, and their totals
+/// together (exact sums, rounded once: the schedule's figures, even when the months' printed
+/// totals, each rounded, differ from them by a cent).
 fn reports_text(reports: &[WrittenReport]) -> String {
     let mut out = String::new();
+    let months: Vec<_> = reports
+        .iter()
+        .filter(|r| r.format == ReportFormat::Csv)
+        .collect();
+    if let Some(first) = months.first() {
+        let total = months
+            .iter()
+            .fold(ledger::Amounts::default(), |t, r| t + r.total);
+        let fmt = |f: ledger::Fixed, d: u32| ledger::record::format_units(f.round_to(d), d);
+        out.push_str(&format!(
+            "reports ({} month{}, from {}): energy cost {}, carbon {} kg CO2e, {} kWh\n",
+            months.len(),
+            if months.len() == 1 { "" } else { "s" },
+            first.month,
+            fmt(total.cost, 2),
+            fmt(total.carbon_kg, 1),
+            fmt(total.facility_kwh, 1),
+        ));
+    }
     for r in reports {
         let what = match r.format {
             ReportFormat::Html => "open in a browser",

@@ -6,9 +6,7 @@
 mod ledger_common;
 
 use ledger_common::{Backend, backends, example_dir};
-use offpeak_scheduler::ledger::{
-    self, Allocation, Amounts, Batch, Fixed, LedgerRecord, Owner,
-};
+use offpeak_scheduler::ledger::{self, Allocation, Amounts, Batch, Fixed, LedgerRecord, Owner};
 use offpeak_scheduler::planner::PolicyKind;
 use offpeak_scheduler::scenario;
 use offpeak_scheduler::schedule;
@@ -184,7 +182,12 @@ fn all_or_nothing(backend: &Backend) -> anyhow::Result<()> {
         })
         .expect_err("a correction of nothing is refused");
     assert!(e.to_string().contains("appending"), "{e}");
-    assert_eq!(store.totals()?.0, 0, "{}: half a batch stayed", backend.name());
+    assert_eq!(
+        store.totals()?.0,
+        0,
+        "{}: half a batch stayed",
+        backend.name()
+    );
     assert_eq!(store.counterfactual_totals()?.0, 0);
     // The store is still usable, and the good part goes in on its own.
     assert_eq!(store.append(std::slice::from_ref(&good))?, 1);

@@ -39,7 +39,14 @@ fn start(location: &LedgerLocation, out: &Path) -> anyhow::Result<Child> {
         .arg("simulate")
         .arg(example_dir())
         // `asap` replays fastest; the write is what is under test.
-        .args(["--policy", "asap", "--no-baseline", "--no-progress", "--no-report", "--json"])
+        .args([
+            "--policy",
+            "asap",
+            "--no-baseline",
+            "--no-progress",
+            "--no-report",
+            "--json",
+        ])
         .arg("--out")
         .arg(out)
         .arg("--ledger")
@@ -151,7 +158,11 @@ fn timed_write(
 }
 
 /// A ledger location for the binary, with a probe that sees its writes.
-fn probe_for(backend: &Backend, ledger: &TestLedger, n: usize) -> anyhow::Result<(LedgerLocation, Box<dyn WriteProbe>)> {
+fn probe_for(
+    backend: &Backend,
+    ledger: &TestLedger,
+    n: usize,
+) -> anyhow::Result<(LedgerLocation, Box<dyn WriteProbe>)> {
     match (&ledger.location, backend) {
         (LedgerLocation::Sqlite(path), _) => {
             let mut journal = path.as_os_str().to_owned();
@@ -163,9 +174,16 @@ fn probe_for(backend: &Backend, ledger: &TestLedger, n: usize) -> anyhow::Result
         }
         (LedgerLocation::Postgres(url), Backend::Postgres { url: admin }) => {
             let application = format!("offpeak-kill-test-{}-{n}", std::process::id());
-            let location = LedgerLocation::Postgres(format!("{url}&application_name={application}"));
+            let location =
+                LedgerLocation::Postgres(format!("{url}&application_name={application}"));
             let client = postgres::Client::connect(admin, postgres::NoTls)?;
-            Ok((location, Box::new(XidProbe { client, application })))
+            Ok((
+                location,
+                Box::new(XidProbe {
+                    client,
+                    application,
+                }),
+            ))
         }
         _ => anyhow::bail!("a PostgreSQL ledger on an SQLite backend"),
     }
@@ -202,22 +220,47 @@ fn kill_and_resume(backend: &Backend) -> anyhow::Result<()> {
         );
         if mid {
             landed += 1;
-            assert_eq!(now.0.0, 0, "{}: a killed write left {} records", backend.name(), now.0.0);
+            assert_eq!(
+                now.0.0,
+                0,
+                "{}: a killed write left {} records",
+                backend.name(),
+                now.0.0
+            );
             assert_eq!(now.1.0, 0, "and counterfactual records");
         } else {
             assert_eq!(now, want, "a finished write is whole");
         }
     }
-    assert!(landed >= 2, "{}: only {landed} kills landed mid-write", backend.name());
+    assert!(
+        landed >= 2,
+        "{}: only {landed} kills landed mid-write",
+        backend.name()
+    );
     // Running again completes the ledger: exactly the uninterrupted totals.
     finish(start(&location, &out)?)?;
-    assert_eq!(snapshot(&ledger.location)?, want, "{}: after resuming", backend.name());
+    assert_eq!(
+        snapshot(&ledger.location)?,
+        want,
+        "{}: after resuming",
+        backend.name()
+    );
 
     // A run killed while it re-writes a complete ledger doubles nothing.
     kill_mid_write(&location, &out, probe.as_mut(), Duration::from_millis(5))?;
-    assert_eq!(snapshot(&ledger.location)?, want, "{}: after a killed re-run", backend.name());
+    assert_eq!(
+        snapshot(&ledger.location)?,
+        want,
+        "{}: after a killed re-run",
+        backend.name()
+    );
     finish(start(&location, &out)?)?;
-    assert_eq!(snapshot(&ledger.location)?, want, "{}: after a full re-run", backend.name());
+    assert_eq!(
+        snapshot(&ledger.location)?,
+        want,
+        "{}: after a full re-run",
+        backend.name()
+    );
     Ok(())
 }
 

@@ -16,9 +16,7 @@ use offpeak_proto::v1::{
     CancelJobRequest, GetPlanRequest, JobPlan, JobSpec, JobState, JobStateReport, PlanPhase,
     SubmitJobRequest, WatchPlansRequest,
 };
-use offpeak_scheduler::placement::{
-    ManualClock, PlacementConfig, Settings, SignalRows, TableFeed,
-};
+use offpeak_scheduler::placement::{ManualClock, PlacementConfig, Settings, SignalRows, TableFeed};
 use offpeak_scheduler::scenario::{Profile, ProfilePoint};
 use offpeak_scheduler::service::{self, BoundAddrs, NodeRegistry, ServiceConfig};
 use offpeak_scheduler::units::Watts;
@@ -39,11 +37,11 @@ fn at(hours: f64) -> DateTime<Utc> {
     t0() + chrono::Duration::seconds((hours * 3600.0) as i64)
 }
 
-/// Hourly (price, carbon) from T0: `hours` hours at `high`, except the ranges given at `low`.
-fn prices(hours: usize, high: f64, low: f64, cheap: &[std::ops::Range<usize>]) -> Vec<(f64, f64)> {
+/// Hourly (price, carbon) from T0: `hours` hours at `high`, except the `cheap` ones at `low`.
+fn prices(hours: usize, high: f64, low: f64, cheap: std::ops::Range<usize>) -> Vec<(f64, f64)> {
     (0..hours)
         .map(|h| {
-            if cheap.iter().any(|r| r.contains(&h)) {
+            if cheap.contains(&h) {
                 (low, 100.0)
             } else {
                 (high, 300.0)
@@ -214,8 +212,9 @@ async fn until(
 }
 
 #[tokio::test]
-async fn a_job_waits_for_its_cheap_window_then_runs_when_the_clock_reaches_it() -> anyhow::Result<()> {
-    let f = Fixture::new(prices(48, 80.0, 20.0, &[10..14]));
+async fn a_job_waits_for_its_cheap_window_then_runs_when_the_clock_reaches_it() -> anyhow::Result<()>
+{
+    let f = Fixture::new(prices(48, 80.0, 20.0, 10..14));
     let mut s = f.start().await?;
     let mut watch = s.watch("ml/").await?;
     let plan = s.submit(job("train", 1, 2.0, 20.0)).await?;
@@ -236,7 +235,10 @@ async fn a_job_waits_for_its_cheap_window_then_runs_when_the_clock_reaches_it() 
     ensure!((plan.estimated_cost - 0.06).abs() < 0.005, "{plan:?}");
     // against full power from submission: 8 × 220.7 W × 2 h × 1.2 = 4.237 kWh at 80/MWh = 0.34
     ensure!((plan.estimated_saving - 0.28).abs() < 0.011, "{plan:?}");
-    ensure!(plan.estimated_carbon_kg > 0.0 && !plan.signals_degraded, "{plan:?}");
+    ensure!(
+        plan.estimated_carbon_kg > 0.0 && !plan.signals_degraded,
+        "{plan:?}"
+    );
 
     // The same spec again changes nothing, not even the revision.
     let again = s.submit(job("train", 1, 2.0, 20.0)).await?;
@@ -245,18 +247,28 @@ async fn a_job_waits_for_its_cheap_window_then_runs_when_the_clock_reaches_it() 
     // An hour before the window nothing starts; at its start the run is committed.
     let mut seen = Vec::new();
     f.clock.set(at(9.0));
-    f.clock.set(DateTime::<Utc>::from_timestamp(start, 0).context("start")?);
-    let run = until(&mut watch, "ml/train", &mut seen, |p| phase(p) == PlanPhase::Run).await?;
-    ensure!(run.start_unix_s == start && run.revision > plan.revision, "{run:?}");
+    f.clock
+        .set(DateTime::<Utc>::from_timestamp(start, 0).context("start")?);
+    let run = until(&mut watch, "ml/train", &mut seen, |p| {
+        phase(p) == PlanPhase::Run
+    })
+    .await?;
+    ensure!(
+        run.start_unix_s == start && run.revision > plan.revision,
+        "{run:?}"
+    );
     ensure!(run.nodes.len() == 1 && run.nodes[0].gpus == 8, "{run:?}");
     let got = s.plan("ml/train").await?;
-    ensure!(got == run, "GetPlan {got:?} differs from the watched {run:?}");
+    ensure!(
+        got == run,
+        "GetPlan {got:?} differs from the watched {run:?}"
+    );
     s.stop().await
 }
 
 #[tokio::test]
 async fn cancelling_ends_a_job_and_unknown_keys_are_not_errors() -> anyhow::Result<()> {
-    let f = Fixture::new(prices(48, 80.0, 20.0, &[10..14]));
+    let f = Fixture::new(prices(48, 80.0, 20.0, 10..14));
     let mut s = f.start().await?;
     s.submit(job("a", 1, 2.0, 20.0)).await?;
     let known = s
@@ -270,7 +282,10 @@ async fn cancelling_ends_a_job_and_unknown_keys_are_not_errors() -> anyhow::Resu
         .known;
     ensure!(known, "the job was not known");
     let plan = s.plan("ml/a").await?;
-    ensure!(phase(&plan) == PlanPhase::Done && plan.reason == "cancelled", "{plan:?}");
+    ensure!(
+        phase(&plan) == PlanPhase::Done && plan.reason == "cancelled",
+        "{plan:?}"
+    );
     for (key, uid) in [("ml/nothing", ""), ("ml/a", "another-uid")] {
         let r = s
             .client
@@ -289,7 +304,7 @@ async fn cancelling_ends_a_job_and_unknown_keys_are_not_errors() -> anyhow::Resu
 
 #[tokio::test]
 async fn watchers_see_every_job_and_each_jobs_revisions_in_order() -> anyhow::Result<()> {
-    let f = Fixture::new(prices(48, 80.0, 20.0, &[2..6]));
+    let f = Fixture::new(prices(48, 80.0, 20.0, 2..6));
     let mut s = f.start().await?;
     let mut early = s.watch("").await?;
     let a = s.submit(job("a", 1, 1.0, 20.0)).await?;
@@ -300,22 +315,40 @@ async fn watchers_see_every_job_and_each_jobs_revisions_in_order() -> anyhow::Re
     // A watcher arriving now gets the current plans first.
     let mut late = s.watch("ml/b").await?;
     let first = late.message().await?.context("late watcher got nothing")?;
-    ensure!(first == b || (first.key == "ml/b" && first.revision >= b.revision), "{first:?}");
+    ensure!(
+        first == b || (first.key == "ml/b" && first.revision >= b.revision),
+        "{first:?}"
+    );
     let mut seen = Vec::new();
     f.clock.set(at(2.0));
-    until(&mut early, "ml/a", &mut seen, |p| phase(p) == PlanPhase::Run).await?;
-    until(&mut early, "ml/b", &mut seen, |p| phase(p) == PlanPhase::Run).await?;
+    until(&mut early, "ml/a", &mut seen, |p| {
+        phase(p) == PlanPhase::Run
+    })
+    .await?;
+    until(&mut early, "ml/b", &mut seen, |p| {
+        phase(p) == PlanPhase::Run
+    })
+    .await?;
     let mut last: std::collections::HashMap<String, u64> = Default::default();
     for p in &seen {
         let prev = last.insert(p.key.clone(), p.revision).unwrap_or(0);
-        ensure!(p.revision > prev, "{} went from revision {prev} to {}", p.key, p.revision);
+        ensure!(
+            p.revision > prev,
+            "{} went from revision {prev} to {}",
+            p.key,
+            p.revision
+        );
     }
-    ensure!(last["ml/a"] >= a2.revision, "the watcher missed a's change: {seen:#?}");
+    ensure!(
+        last["ml/a"] >= a2.revision,
+        "the watcher missed a's change: {seen:#?}"
+    );
     s.stop().await
 }
 
 #[tokio::test]
-async fn a_capped_preemptible_job_is_suspended_above_its_cap_and_resumed_after() -> anyhow::Result<()> {
+async fn a_capped_preemptible_job_is_suspended_above_its_cap_and_resumed_after()
+-> anyhow::Result<()> {
     // 20/MWh for two hours, then 90 for two (above the job's cap of 50), then from 30 rising
     // by 1 an hour (so that earlier is cheaper: flat prices leave the policy free to pick
     // any of equally cheap slots).
@@ -335,14 +368,30 @@ async fn a_capped_preemptible_job_is_suspended_above_its_cap_and_resumed_after()
     let first = s.submit(spec).await?;
     ensure!(phase(&first) == PlanPhase::Run, "{first:?}");
     ensure!(first.start_unix_s == t0().timestamp(), "{first:?}");
-    ensure!(first.end_unix_s <= at(2.0).timestamp(), "runs into the dear hours: {first:?}");
+    ensure!(
+        first.end_unix_s <= at(2.0).timestamp(),
+        "runs into the dear hours: {first:?}"
+    );
     let mut seen = Vec::new();
-    f.clock.set(DateTime::<Utc>::from_timestamp(first.end_unix_s, 0).context("end")?);
-    let suspended = until(&mut watch, "ml/pre", &mut seen, |p| phase(p) == PlanPhase::Suspend).await?;
-    ensure!(suspended.reason.contains("above the job's cap"), "{suspended:?}");
-    ensure!(suspended.start_unix_s >= at(4.0).timestamp(), "{suspended:?}");
+    f.clock
+        .set(DateTime::<Utc>::from_timestamp(first.end_unix_s, 0).context("end")?);
+    let suspended = until(&mut watch, "ml/pre", &mut seen, |p| {
+        phase(p) == PlanPhase::Suspend
+    })
+    .await?;
+    ensure!(
+        suspended.reason.contains("above the job's cap"),
+        "{suspended:?}"
+    );
+    ensure!(
+        suspended.start_unix_s >= at(4.0).timestamp(),
+        "{suspended:?}"
+    );
     f.clock.set(at(4.0));
-    let resumed = until(&mut watch, "ml/pre", &mut seen, |p| phase(p) == PlanPhase::Run).await?;
+    let resumed = until(&mut watch, "ml/pre", &mut seen, |p| {
+        phase(p) == PlanPhase::Run
+    })
+    .await?;
     ensure!(resumed.start_unix_s == at(4.0).timestamp(), "{resumed:?}");
     ensure!(resumed.revision > suspended.revision, "{resumed:?}");
     // The operator reports the end: the job is done and stays so.
@@ -355,14 +404,17 @@ async fn a_capped_preemptible_job_is_suspended_above_its_cap_and_resumed_after()
         })
         .await?;
     let done = s.plan("ml/pre").await?;
-    ensure!(phase(&done) == PlanPhase::Done && done.reason == "succeeded", "{done:?}");
+    ensure!(
+        phase(&done) == PlanPhase::Done && done.reason == "succeeded",
+        "{done:?}"
+    );
     s.stop().await
 }
 
 #[tokio::test]
 async fn a_restarted_scheduler_keeps_the_run_that_started() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let mut f = Fixture::new(prices(48, 20.0, 20.0, &[]));
+    let mut f = Fixture::new(prices(48, 20.0, 20.0, 0..0));
     f.store = Some(dir.path().join("placement.sqlite"));
     let mut s = f.start().await?;
     let started = s.submit(job("big", 1, 2.0, 20.0)).await?;
@@ -370,7 +422,7 @@ async fn a_restarted_scheduler_keeps_the_run_that_started() -> anyhow::Result<()
     s.stop().await?;
 
     // After the restart the first hours are the cheapest: a job free to start would start now.
-    let mut f2 = Fixture::new(prices(48, 200.0, 10.0, &[0..4]));
+    let mut f2 = Fixture::new(prices(48, 200.0, 10.0, 0..4));
     f2.store.clone_from(&f.store);
     f2.clock.set(at(0.5));
     let mut s = f2.start().await?;
@@ -379,7 +431,10 @@ async fn a_restarted_scheduler_keeps_the_run_that_started() -> anyhow::Result<()
     let mut whole = job("whole", 2, 1.0, 20.0);
     whole.submit_unix_s = at(0.5).timestamp();
     let w = s.submit(whole).await?;
-    ensure!(w.start_unix_s == started.end_unix_s, "{w:?} should start when {started:?} ends");
+    ensure!(
+        w.start_unix_s == started.end_unix_s,
+        "{w:?} should start when {started:?} ends"
+    );
     let again = s.submit(job("big", 1, 2.0, 20.0)).await?;
     ensure!(phase(&again) == PlanPhase::Run, "{again:?}");
     ensure!(
@@ -389,18 +444,28 @@ async fn a_restarted_scheduler_keeps_the_run_that_started() -> anyhow::Result<()
             && again.power_limit_watts == started.power_limit_watts,
         "the run moved: {started:?} -> {again:?}"
     );
-    ensure!(again.revision > started.revision, "revision went back: {started:?} -> {again:?}");
+    ensure!(
+        again.revision > started.revision,
+        "revision went back: {started:?} -> {again:?}"
+    );
     s.stop().await
 }
 
 #[tokio::test]
 async fn bad_specs_are_refused_with_the_field_named() -> anyhow::Result<()> {
-    let f = Fixture::new(prices(48, 80.0, 20.0, &[]));
+    let f = Fixture::new(prices(48, 80.0, 20.0, 0..0));
     let mut s = f.start().await?;
-    let cases: Vec<(&str, Box<dyn Fn(&mut JobSpec)>)> = vec![
+    type Edit = Box<dyn Fn(&mut JobSpec)>;
+    let cases: Vec<(&str, Edit)> = vec![
         ("workers", Box::new(|j| j.workers = 0)),
-        ("deadline_unix_s", Box::new(|j| j.deadline_unix_s = j.submit_unix_s - 60)),
-        ("price_cap_per_mwh", Box::new(|j| j.price_cap_per_mwh = Some(-1.0))),
+        (
+            "deadline_unix_s",
+            Box::new(|j| j.deadline_unix_s = j.submit_unix_s - 60),
+        ),
+        (
+            "price_cap_per_mwh",
+            Box::new(|j| j.price_cap_per_mwh = Some(-1.0)),
+        ),
         ("accelerator", Box::new(|j| j.accelerator = "h100".into())),
         ("gpus_per_worker", Box::new(|j| j.gpus_per_worker = 16)),
         ("work_hours", Box::new(|j| j.work_hours = 0.0)),
@@ -411,7 +476,11 @@ async fn bad_specs_are_refused_with_the_field_named() -> anyhow::Result<()> {
         edit(&mut spec);
         let err = s.submit(spec).await.expect_err(field);
         ensure!(err.code() == Code::InvalidArgument, "{field}: {err:?}");
-        ensure!(err.message().contains(&format!("`{field}`")), "{field}: {}", err.message());
+        ensure!(
+            err.message().contains(&format!("`{field}`")),
+            "{field}: {}",
+            err.message()
+        );
     }
     let err = s
         .client
@@ -434,7 +503,7 @@ async fn bad_specs_are_refused_with_the_field_named() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn watch_streams_end_unavailable_when_the_scheduler_stops() -> anyhow::Result<()> {
-    let f = Fixture::new(prices(48, 80.0, 20.0, &[]));
+    let f = Fixture::new(prices(48, 80.0, 20.0, 0..0));
     let mut s = f.start().await?;
     s.submit(job("a", 1, 1.0, 10.0)).await?;
     let mut watch = s.watch("").await?;

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context as _, ensure};
 use chrono::{DateTime, Utc};
 use offpeak_scheduler::placement::{
-    JobRequest, ManualClock, Phase, Placement, PlacementConfig, PlanView, PlanWatch,
-    ReportedState, Settings, SignalRows, TableFeed,
+    JobRequest, ManualClock, Phase, Placement, PlacementConfig, PlanView, PlanWatch, ReportedState,
+    Settings, SignalRows, TableFeed,
 };
 use offpeak_scheduler::scenario::{Profile, ProfilePoint};
 use offpeak_scheduler::service::NodeRegistry;
@@ -35,7 +35,11 @@ struct Live {
     cycle: JoinHandle<()>,
 }
 
-fn config(clock: &ManualClock, hours: usize, settings: Settings) -> anyhow::Result<PlacementConfig> {
+fn config(
+    clock: &ManualClock,
+    hours: usize,
+    settings: Settings,
+) -> anyhow::Result<PlacementConfig> {
     let rows = SignalRows::hourly(t0(), &vec![(50.0, 200.0); hours]).context("rows")?;
     Ok(PlacementConfig::new(Arc::new(clock.clone()))
         .with_settings(Settings {
@@ -58,7 +62,8 @@ fn config(clock: &ManualClock, hours: usize, settings: Settings) -> anyhow::Resu
 impl Live {
     fn start(hours: usize, settings: Settings) -> anyhow::Result<Self> {
         let clock = ManualClock::new(t0());
-        let (placement, cycle) = Placement::open(config(&clock, hours, settings)?, NodeRegistry::new())?;
+        let (placement, cycle) =
+            Placement::open(config(&clock, hours, settings)?, NodeRegistry::new())?;
         Ok(Self {
             clock,
             placement,
@@ -88,7 +93,11 @@ fn job(name: &str, uid: &str, workers: u32, hours: f64) -> JobRequest {
     }
 }
 
-async fn until(watch: &mut PlanWatch, key: &str, pred: impl Fn(&PlanView) -> bool) -> anyhow::Result<PlanView> {
+async fn until(
+    watch: &mut PlanWatch,
+    key: &str,
+    pred: impl Fn(&PlanView) -> bool,
+) -> anyhow::Result<PlanView> {
     tokio::time::timeout(PATIENCE, async {
         while let Some(v) = watch.next().await {
             let v = v?;
@@ -104,18 +113,29 @@ async fn until(watch: &mut PlanWatch, key: &str, pred: impl Fn(&PlanView) -> boo
 
 #[tokio::test]
 async fn a_watcher_that_falls_behind_gets_every_plan_again_never_a_gap() -> anyhow::Result<()> {
-    let live = Live::start(48, Settings {
-        watch_buffer: 1,
-        ..Settings::default()
-    })?;
+    let live = Live::start(
+        48,
+        Settings {
+            watch_buffer: 1,
+            ..Settings::default()
+        },
+    )?;
     let mut watch = live.placement.watch("ml/".into());
     // Not read while these change: the watcher falls behind.
     let mut latest: HashMap<String, u64> = HashMap::new();
     for i in 0..6 {
-        let v = live.placement.submit(job(&format!("j{i}"), "u", 1, 1.0 + f64::from(i))).await?;
+        let v = live
+            .placement
+            .submit(job(&format!("j{i}"), "u", 1, 1.0 + f64::from(i)))
+            .await?;
         latest.insert(v.key, v.revision);
     }
-    for (key, rev) in live.placement.plans("ml/").iter().map(|v| (v.key.clone(), v.revision)) {
+    for (key, rev) in live
+        .placement
+        .plans("ml/")
+        .iter()
+        .map(|v| (v.key.clone(), v.revision))
+    {
         latest.insert(key, rev);
     }
     let mut got: HashMap<String, u64> = HashMap::new();
@@ -123,7 +143,12 @@ async fn a_watcher_that_falls_behind_gets_every_plan_again_never_a_gap() -> anyh
         while got != latest {
             let v = watch.next().await.context("the watch ended")??;
             let prev = got.insert(v.key.clone(), v.revision).unwrap_or(0);
-            ensure!(v.revision > prev, "{} went from revision {prev} to {}", v.key, v.revision);
+            ensure!(
+                v.revision > prev,
+                "{} went from revision {prev} to {}",
+                v.key,
+                v.revision
+            );
         }
         Ok(())
     })
@@ -133,15 +158,22 @@ async fn a_watcher_that_falls_behind_gets_every_plan_again_never_a_gap() -> anyh
 }
 
 #[tokio::test]
-async fn a_new_uid_replaces_the_job_and_frees_its_nodes_at_the_next_boundary() -> anyhow::Result<()> {
+async fn a_new_uid_replaces_the_job_and_frees_its_nodes_at_the_next_boundary() -> anyhow::Result<()>
+{
     let live = Live::start(48, Settings::default())?;
     let old = live.placement.submit(job("a", "u1", 2, 3.0)).await?;
-    ensure!(old.phase == Phase::Run && old.end == Some(at(3.0)), "{old:?}");
+    ensure!(
+        old.phase == Phase::Run && old.end == Some(at(3.0)),
+        "{old:?}"
+    );
     live.clock.set(at(0.3));
     let new = live.placement.submit(job("a", "u2", 2, 3.0)).await?;
     ensure!(new.uid == "u2" && new.revision > old.revision, "{new:?}");
     // The old run holds the whole cluster only until the next boundary.
-    ensure!(new.phase == Phase::Planned && new.start == Some(at(0.5)), "{new:?}");
+    ensure!(
+        new.phase == Phase::Planned && new.start == Some(at(0.5)),
+        "{new:?}"
+    );
     let mut watch = live.placement.watch("ml/a".into());
     live.clock.set(at(0.5));
     let run = until(&mut watch, "ml/a", |v| v.phase == Phase::Run).await?;
@@ -150,26 +182,40 @@ async fn a_new_uid_replaces_the_job_and_frees_its_nodes_at_the_next_boundary() -
 }
 
 #[tokio::test]
-async fn a_job_reported_running_past_its_plan_keeps_its_nodes_until_it_ends() -> anyhow::Result<()> {
+async fn a_job_reported_running_past_its_plan_keeps_its_nodes_until_it_ends() -> anyhow::Result<()>
+{
     let live = Live::start(48, Settings::default())?;
     let a = live.placement.submit(job("a", "u", 2, 1.0)).await?;
     ensure!(a.phase == Phase::Run && a.end == Some(at(1.0)), "{a:?}");
-    live.placement.report("ml/a", "u", ReportedState::Running, "").await?;
+    live.placement
+        .report("ml/a", "u", ReportedState::Running, "")
+        .await?;
     let b = live.placement.submit(job("b", "u", 2, 1.0)).await?;
     ensure!(b.start == Some(at(1.0)), "{b:?}");
     let mut watch = live.placement.watch("ml/".into());
     live.clock.set(at(1.0));
     // Its planned run is over, but it is still running: its pods are not stopped and B waits.
-    let a = until(&mut watch, "ml/a", |v| v.reason.contains("waiting for the job's end")).await?;
+    let a = until(&mut watch, "ml/a", |v| {
+        v.reason.contains("waiting for the job's end")
+    })
+    .await?;
     ensure!(a.phase == Phase::Run, "{a:?}");
     let b = live.placement.plan("ml/b")?;
-    ensure!(b.phase == Phase::Planned && b.start > Some(at(1.0)), "{b:?}");
+    ensure!(
+        b.phase == Phase::Planned && b.start > Some(at(1.0)),
+        "{b:?}"
+    );
     live.clock.set(at(1.1));
-    live.placement.report("ml/a", "u", ReportedState::Failed, "OOM").await?;
+    live.placement
+        .report("ml/a", "u", ReportedState::Failed, "OOM")
+        .await?;
     let a = live.placement.plan("ml/a")?;
     ensure!(a.phase == Phase::Done && a.reason == "failed: OOM", "{a:?}");
     let b = live.placement.plan("ml/b")?;
-    ensure!(b.start == Some(at(1.25)), "B should start at the next boundary: {b:?}");
+    ensure!(
+        b.start == Some(at(1.25)),
+        "B should start at the next boundary: {b:?}"
+    );
     live.clock.set(at(1.25));
     let b = until(&mut watch, "ml/b", |v| v.phase == Phase::Run).await?;
     ensure!(b.start == Some(at(1.25)), "{b:?}");
@@ -182,7 +228,11 @@ async fn plans_on_estimated_signals_say_so() -> anyhow::Result<()> {
     let live = Live::start(2, Settings::default())?;
     let v = live.placement.submit(job("a", "u", 1, 3.0)).await?;
     ensure!(v.signals_degraded, "{v:?}");
-    ensure!(v.reason.contains("estimated signals after 2024-01-01T02:00Z"), "{v:?}");
+    ensure!(
+        v.reason
+            .contains("estimated signals after 2024-01-01T02:00Z"),
+        "{v:?}"
+    );
     let short = live.placement.submit(job("b", "u", 1, 1.0)).await?;
     ensure!(!short.signals_degraded, "{short:?}");
     // Once the clock passes the rows' end the zone itself is degraded.
@@ -190,14 +240,16 @@ async fn plans_on_estimated_signals_say_so() -> anyhow::Result<()> {
     let late = live.placement.submit(job("c", "u", 1, 0.5)).await?;
     ensure!(late.signals_degraded, "{late:?}");
     ensure!(
-        late.reason.contains("signals degraded: the rows of zone A end at 2024-01-01T02:00Z"),
+        late.reason
+            .contains("signals degraded: the rows of zone A end at 2024-01-01T02:00Z"),
         "{late:?}"
     );
     live.stop().await
 }
 
 #[tokio::test]
-async fn provider_chains_feed_the_cycle_and_a_failing_first_choice_degrades_the_plan() -> anyhow::Result<()> {
+async fn provider_chains_feed_the_cycle_and_a_failing_first_choice_degrades_the_plan()
+-> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut csv = String::from("time,price,carbon\n");
     for h in 0..48 {
@@ -230,7 +282,7 @@ async fn provider_chains_feed_the_cycle_and_a_failing_first_choice_degrades_the_
         std::fs::write(&path, &text)?;
         let signals = offpeak_scheduler::signals::config::parse(&text, &path)?;
         let clock = ManualClock::new(t0());
-        let mut cfg = config(&clock, 1, Settings::default())?;
+        let mut cfg = config(&clock, 2, Settings::default())?;
         cfg.signals = offpeak_scheduler::placement::SignalFeed::Chains(signals);
         let (placement, cycle) = Placement::open(cfg, NodeRegistry::new())?;
         let task = tokio::spawn(cycle.run());

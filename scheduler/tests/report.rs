@@ -9,13 +9,13 @@ use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use ledger_common::{Backend, backends, example_dir, units};
+use offpeak_scheduler::cli;
 use offpeak_scheduler::ledger::{self, Amounts, Fixed, LedgerRecord};
 use offpeak_scheduler::planner::PolicyKind;
 use offpeak_scheduler::report::{
     self, Budget, BudgetScope, Finance, Month, ReportArgs, ReportFormat, ReportQuery,
     parse_time_zone, tables,
 };
-use offpeak_scheduler::cli;
 use offpeak_scheduler::scenario;
 use offpeak_scheduler::schedule;
 use offpeak_scheduler::sim;
@@ -536,7 +536,13 @@ fn malformed(backend: &Backend) -> anyhow::Result<()> {
         "{e}"
     );
     // Two currencies in one month cannot be summed.
-    let mut euro = record("job-e", "2023-03-07T02:00:00Z", "2023-03-07T03:00:00Z", 1, 1.0)?;
+    let mut euro = record(
+        "job-e",
+        "2023-03-07T02:00:00Z",
+        "2023-03-07T03:00:00Z",
+        1,
+        1.0,
+    )?;
     euro.currency = "EUR".into();
     store.append(&[euro])?;
     let e = report::build(store.as_ref(), &query("2023-03", "UTC")).expect_err("mixed");
@@ -569,7 +575,15 @@ fn malformed(backend: &Backend) -> anyhow::Result<()> {
 fn malformed_queries_say_what_is_wrong() -> anyhow::Result<()> {
     let e = "2023-13".parse::<Month>().expect_err("month 13");
     assert!(e.to_string().contains("\"2023-13\"") && e.to_string().contains("month 13"));
-    for bad in ["2023", "23-03", "2023-3", "march", "2023-00", "2023-03-01", ""] {
+    for bad in [
+        "2023",
+        "23-03",
+        "2023-3",
+        "march",
+        "2023-00",
+        "2023-03-01",
+        "",
+    ] {
         let e = bad.parse::<Month>().expect_err(bad);
         assert!(e.to_string().contains(&format!("{bad:?}")), "{e}");
     }
@@ -659,7 +673,13 @@ fn simulate_reports(backend: &Backend) -> anyhow::Result<()> {
     })?;
     let names: Vec<String> = reports
         .iter()
-        .map(|r| r.path.file_name().expect("name").to_string_lossy().into_owned())
+        .map(|r| {
+            r.path
+                .file_name()
+                .expect("name")
+                .to_string_lossy()
+                .into_owned()
+        })
         .collect();
     assert_eq!(
         names,
@@ -680,9 +700,21 @@ fn simulate_reports(backend: &Backend) -> anyhow::Result<()> {
     let c = |x: f64| (x * 100.0).round() as i64;
     let m = |x: f64| (x * 1000.0).round() as i64;
     assert_eq!(cents(ledger_total.cost), c(cost), "ledger vs schedule cost");
-    assert_eq!(milli(ledger_total.carbon_kg), m(kg), "ledger vs schedule carbon");
-    assert_eq!(milli(ledger_total.facility_kwh), m(kwh), "ledger vs schedule kWh");
-    assert_eq!(c(summary.result.totals.cost.0), c(cost), "summary vs schedule");
+    assert_eq!(
+        milli(ledger_total.carbon_kg),
+        m(kg),
+        "ledger vs schedule carbon"
+    );
+    assert_eq!(
+        milli(ledger_total.facility_kwh),
+        m(kwh),
+        "ledger vs schedule kWh"
+    );
+    assert_eq!(
+        c(summary.result.totals.cost.0),
+        c(cost),
+        "summary vs schedule"
+    );
     assert!(reports.iter().all(|r| r.total == ledger_total));
 
     // Every view of every file adds up to the ledger's total.

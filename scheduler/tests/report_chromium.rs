@@ -9,8 +9,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ledger_common::{chromium, example_dir};
-use offpeak_scheduler::ledger::{self, LedgerStore, SqliteLedger};
 use offpeak_scheduler::ledger::record::format_units;
+use offpeak_scheduler::ledger::{self, LedgerStore, SqliteLedger};
 use offpeak_scheduler::planner::PolicyKind;
 use offpeak_scheduler::report::{self, ReportQuery, parse_time_zone};
 use offpeak_scheduler::scenario;
@@ -80,7 +80,9 @@ fn png_facts(bytes: &[u8]) -> anyhow::Result<(u32, u32, usize)> {
     const SIGNATURE: [u8; 8] = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n'];
     anyhow::ensure!(bytes.starts_with(&SIGNATURE), "not a PNG");
     let be32 = |i: usize| -> anyhow::Result<u32> {
-        let b = bytes.get(i..i + 4).ok_or_else(|| anyhow::anyhow!("truncated PNG"))?;
+        let b = bytes
+            .get(i..i + 4)
+            .ok_or_else(|| anyhow::anyhow!("truncated PNG"))?;
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     };
     anyhow::ensure!(&bytes[12..16] == b"IHDR", "the first chunk is not IHDR");
@@ -154,7 +156,11 @@ fn the_html_report_renders_in_headless_chromium_with_its_totals() -> anyhow::Res
     let shot = tmp.path().join("report.png");
     chromium_run(&bin, &url, &[format!("--screenshot={}", shot.display())])?;
     let (w, h, idat) = png_facts(&std::fs::read(&shot)?)?;
-    assert_eq!((w, h), (WIDTH, HEIGHT), "the screenshot has the window's size");
+    assert_eq!(
+        (w, h),
+        (WIDTH, HEIGHT),
+        "the screenshot has the window's size"
+    );
     let blank_page = tmp.path().join("blank.html");
     std::fs::write(&blank_page, "<!DOCTYPE html><html><body></body></html>")?;
     let blank_shot = tmp.path().join("blank.png");
@@ -184,9 +190,15 @@ fn the_html_report_renders_in_headless_chromium_with_its_totals() -> anyhow::Res
         money(r.total.cost),
         qty(r.total.carbon_kg),
     );
-    assert!(text.contains(&total_row), "the rendered page lacks {total_row:?}");
+    assert!(
+        text.contains(&total_row),
+        "the rendered page lacks {total_row:?}"
+    );
     let saving = money(r.counterfactual_total.cost - r.total.cost);
-    assert!(text.contains(&format!("saving {saving} USD")), "the saving {saving}");
+    assert!(
+        text.contains(&format!("saving {saving} USD")),
+        "the saving {saving}"
+    );
     for needle in [
         "offpeak energy report: 2023-03 (Europe/London)",
         "Budgets",

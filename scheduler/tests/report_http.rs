@@ -12,9 +12,9 @@ use offpeak_scheduler::ledger::{self, LedgerLocation};
 use offpeak_scheduler::planner::PolicyKind;
 use offpeak_scheduler::report::{self, ReportFormat, ReportQuery, parse_time_zone};
 use offpeak_scheduler::scenario;
+use offpeak_scheduler::service::Metrics;
 use offpeak_scheduler::service::admin::{self, AdminState};
 use offpeak_scheduler::service::reports_http::Reports;
-use offpeak_scheduler::service::Metrics;
 use offpeak_scheduler::sim;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -34,8 +34,8 @@ async fn serve(
     location: LedgerLocation,
 ) -> anyhow::Result<(String, oneshot::Sender<()>, tokio::task::JoinHandle<()>)> {
     let tz = parse_time_zone("UTC")?;
-    let reports = tokio::task::spawn_blocking(move || Reports::open(location, tz, Vec::new()))
-        .await??;
+    let reports =
+        tokio::task::spawn_blocking(move || Reports::open(location, tz, Vec::new())).await??;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     let state = AdminState::new(Arc::new(Metrics::new()), Arc::new(AtomicBool::new(true)))
@@ -76,7 +76,11 @@ async fn check_backend(backend: &Backend) -> anyhow::Result<()> {
     let want = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
         let store = location.open()?;
         let mut out = Vec::new();
-        for (tz, ns) in [("UTC", None), ("UTC", Some("research")), ("Europe/London", None)] {
+        for (tz, ns) in [
+            ("UTC", None),
+            ("UTC", Some("research")),
+            ("Europe/London", None),
+        ] {
             let r = report::build(
                 store.as_ref(),
                 &ReportQuery {

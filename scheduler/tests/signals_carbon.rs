@@ -26,7 +26,8 @@ const BASIC: &str = "d3QtdXNlcjp3dC1wYXNzLTlmM2U=";
 const TOKEN: &str = "tok-5c1d2e";
 const LOGIN: &str = r#"{"token": "tok-5c1d2e"}"#;
 const FORECAST: &str = "watttime/forecast_CAISO_NORTH_2023-06-08T1200.json";
-const FORECAST_HISTORICAL: &str = "watttime/forecast_historical_CAISO_NORTH_2023-06-08T1200-1210.json";
+const FORECAST_HISTORICAL: &str =
+    "watttime/forecast_historical_CAISO_NORTH_2023-06-08T1200-1210.json";
 const FORECAST_SAMPLE: &str = "watttime/forecast_historical_sample.json";
 const HISTORICAL_SAMPLE: &str = "watttime/historical_sample.json";
 const HISTORICAL: &str = "watttime/historical_CAISO_NORTH_2023-06-08_09.json";
@@ -84,7 +85,11 @@ fn assert_matches_pounds(series: &Series<GramsPerKwh>, raw: &[Value], quality: Q
         assert_eq!(p.start, t);
         let lbs = r["value"].as_f64().expect("value");
         let expected = lbs * GRAMS_PER_POUND / 1000.0;
-        assert!((p.value.value() - expected).abs() < EPS, "{t}: {} != {expected}", p.value.value());
+        assert!(
+            (p.value.value() - expected).abs() < EPS,
+            "{t}: {} != {expected}",
+            p.value.value()
+        );
         assert_eq!(p.quality, quality, "{t}");
     }
 }
@@ -110,7 +115,11 @@ async fn watttime_logs_in_once_and_converts_the_marginal_forecast_from_pounds() 
     let w = window("2023-06-08T12:00:00Z", "2023-06-08T13:00:00Z");
     let series = wt.fetch(w).await.expect("fetch");
     let raw = raw_json(FORECAST);
-    assert_matches_pounds(&series, raw["data"].as_array().expect("data"), Quality::Estimated);
+    assert_matches_pounds(
+        &series,
+        raw["data"].as_array().expect("data"),
+        Quality::Estimated,
+    );
     assert_eq!(series.basis, CarbonBasis::Marginal);
     assert_eq!(series.resolution_minutes, 5);
     assert_eq!(series.zone, "CAISO_NORTH");
@@ -122,14 +131,26 @@ async fn watttime_logs_in_once_and_converts_the_marginal_forecast_from_pounds() 
     let requests = server.requests();
     assert_eq!(requests.len(), 3, "{requests:?}");
     let lower: Vec<String> = requests.iter().map(|r| r.to_ascii_lowercase()).collect();
-    assert!(lower[0].starts_with("get /login http/1.1"), "{}", requests[0]);
-    assert!(lower[0].contains(&format!("authorization: basic {}", BASIC.to_ascii_lowercase())));
+    assert!(
+        lower[0].starts_with("get /login http/1.1"),
+        "{}",
+        requests[0]
+    );
+    assert!(lower[0].contains(&format!(
+        "authorization: basic {}",
+        BASIC.to_ascii_lowercase()
+    )));
     for r in &requests[1..] {
         assert!(
-            r.starts_with("GET /v3/forecast?region=CAISO_NORTH&signal_type=co2_moer&horizon_hours=1 "),
+            r.starts_with(
+                "GET /v3/forecast?region=CAISO_NORTH&signal_type=co2_moer&horizon_hours=1 "
+            ),
             "{r}"
         );
-        assert!(r.to_ascii_lowercase().contains(&format!("authorization: bearer {}", TOKEN.to_ascii_lowercase())));
+        assert!(r.to_ascii_lowercase().contains(&format!(
+            "authorization: bearer {}",
+            TOKEN.to_ascii_lowercase()
+        )));
         // Credentials only ever travel in headers.
         let url = r.lines().next().expect("request line");
         assert_no_secret(url);
@@ -143,7 +164,10 @@ fn watttime_units_are_converted_exactly() {
     let s = watttime::parse(&read(FORECAST_SAMPLE), Signal::Marginal, Endpoint::Forecast)
         .expect("parse");
     assert!((s.points[0].value.value() - 394.625_361_9).abs() < 1e-9);
-    assert_eq!(watttime::pounds_per_mwh_to_g_per_kwh(1000.0), GramsPerKwh(453.592_37));
+    assert_eq!(
+        watttime::pounds_per_mwh_to_g_per_kwh(1000.0),
+        GramsPerKwh(453.592_37)
+    );
 }
 
 #[tokio::test]
@@ -166,20 +190,36 @@ async fn watttime_history_asks_for_the_window_and_marks_imputed_points() {
         server.requests()[1]
     );
     let raw = raw_json(HISTORICAL);
-    assert_matches_pounds(&series, raw["data"].as_array().expect("data"), Quality::Published);
+    assert_matches_pounds(
+        &series,
+        raw["data"].as_array().expect("data"),
+        Quality::Published,
+    );
     assert_eq!(series.points.len(), 2 * 288);
 
     // The published sample's points say WattTime imputed them: estimated.
-    let sample = watttime::parse(&read(HISTORICAL_SAMPLE), Signal::Marginal, Endpoint::Historical)
-        .expect("sample");
+    let sample = watttime::parse(
+        &read(HISTORICAL_SAMPLE),
+        Signal::Marginal,
+        Endpoint::Historical,
+    )
+    .expect("sample");
     let raw = raw_json(HISTORICAL_SAMPLE);
-    assert_matches_pounds(&sample, raw["data"].as_array().expect("data"), Quality::Estimated);
+    assert_matches_pounds(
+        &sample,
+        raw["data"].as_array().expect("data"),
+        Quality::Estimated,
+    );
 }
 
 #[test]
 fn watttime_forecast_history_reads_the_latest_generated_forecast() {
-    let s = watttime::parse(&read(FORECAST_HISTORICAL), Signal::Marginal, Endpoint::Forecast)
-        .expect("parse");
+    let s = watttime::parse(
+        &read(FORECAST_HISTORICAL),
+        Signal::Marginal,
+        Endpoint::Forecast,
+    )
+    .expect("parse");
     let raw = raw_json(FORECAST_HISTORICAL);
     let latest = raw["data"]
         .as_array()
@@ -188,10 +228,22 @@ fn watttime_forecast_history_reads_the_latest_generated_forecast() {
         .max_by_key(|d| d["generated_at"].as_str().expect("generated_at").to_owned())
         .expect("a forecast");
     assert_eq!(latest["generated_at"], "2023-06-08T12:10:00+00:00");
-    assert_matches_pounds(&s, latest["forecast"].as_array().expect("points"), Quality::Estimated);
-    let e = watttime::parse(&read(FORECAST_HISTORICAL), Signal::Marginal, Endpoint::Historical)
-        .expect_err("forecasts are not history");
-    assert!(e.to_string().contains("holds forecasts, but history was asked for"), "{e}");
+    assert_matches_pounds(
+        &s,
+        latest["forecast"].as_array().expect("points"),
+        Quality::Estimated,
+    );
+    let e = watttime::parse(
+        &read(FORECAST_HISTORICAL),
+        Signal::Marginal,
+        Endpoint::Historical,
+    )
+    .expect_err("forecasts are not history");
+    assert!(
+        e.to_string()
+            .contains("holds forecasts, but history was asked for"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -220,8 +272,16 @@ async fn watttime_region_from_coordinates_is_resolved_once() {
         "GET /v3/region-from-loc?latitude=39.74&longitude=-104.99&signal_type=co2_moer "
     ));
     // The region the API named is the one asked for, both times.
-    assert!(r[2].starts_with("GET /v3/forecast?region=PSCO&"), "{}", r[2]);
-    assert!(r[3].starts_with("GET /v3/forecast?region=PSCO&"), "{}", r[3]);
+    assert!(
+        r[2].starts_with("GET /v3/forecast?region=PSCO&"),
+        "{}",
+        r[2]
+    );
+    assert!(
+        r[3].starts_with("GET /v3/forecast?region=PSCO&"),
+        "{}",
+        r[3]
+    );
 }
 
 #[tokio::test]
@@ -239,12 +299,18 @@ async fn watttime_access_errors_say_what_watttime_said() {
     let w = window("2023-06-08T12:00:00Z", "2023-06-08T13:00:00Z");
     let e = error(caiso(&server.base, Endpoint::Forecast).fetch(w).await);
     let msg = e.to_string();
-    assert!(msg.starts_with("fetching watttime from http://127.0.0.1:"), "{msg}");
+    assert!(
+        msg.starts_with("fetching watttime from http://127.0.0.1:"),
+        "{msg}"
+    );
     assert!(
         msg.contains("/v3/forecast: HTTP 403: Invalid query parameters: Invalid scope. You do not have sufficient access to this resource."),
         "{msg}"
     );
-    assert!(msg.contains("free access to CAISO_ZP26."), "the whole message is kept: {msg}");
+    assert!(
+        msg.contains("free access to CAISO_ZP26."),
+        "the whole message is kept: {msg}"
+    );
     assert_no_secret(&format!("{msg} {e:?}"));
 
     let nowhere = client(
@@ -267,7 +333,10 @@ async fn watttime_access_errors_say_what_watttime_said() {
 async fn watttime_refused_token_is_dropped_and_a_bad_login_is_clear() {
     let server = serve(vec![
         ("/login", Reply::Body(LOGIN.into())),
-        ("/v3/forecast", Reply::Status(401, r#"{"error": "Unauthorized"}"#, None)),
+        (
+            "/v3/forecast",
+            Reply::Status(401, r#"{"error": "Unauthorized"}"#, None),
+        ),
     ])
     .await;
     let wt = caiso(&server.base, Endpoint::Forecast);
@@ -283,11 +352,18 @@ async fn watttime_refused_token_is_dropped_and_a_bad_login_is_clear() {
         .count();
     assert_eq!(logins, 2);
 
-    server.answer_all(Reply::Status(403, r#"{"error": "Invalid credentials"}"#, None));
+    server.answer_all(Reply::Status(
+        403,
+        r#"{"error": "Invalid credentials"}"#,
+        None,
+    ));
     let wt = caiso(&server.base, Endpoint::Forecast);
     let e = error(wt.fetch(w).await);
     let msg = format!("{e} {e:?}");
-    assert!(msg.contains("/login: HTTP 403: Invalid credentials"), "{msg}");
+    assert!(
+        msg.contains("/login: HTTP 403: Invalid credentials"),
+        "{msg}"
+    );
     assert_no_secret(&msg);
 }
 
@@ -296,7 +372,10 @@ async fn watttime_429_500_timeouts_and_cut_bodies_are_errors() {
     let w = window("2023-06-08T12:00:00Z", "2023-06-08T13:00:00Z");
     let server = serve(vec![
         ("/login", Reply::Body(LOGIN.into())),
-        ("/v3/forecast", Reply::Status(429, "Too many requests", Some("30"))),
+        (
+            "/v3/forecast",
+            Reply::Status(429, "Too many requests", Some("30")),
+        ),
     ])
     .await;
     let e = error(caiso(&server.base, Endpoint::Forecast).fetch(w).await);
@@ -307,8 +386,14 @@ async fn watttime_429_500_timeouts_and_cut_bodies_are_errors() {
     for (reply, what) in [
         (Reply::Status(500, "internal error", None), "HTTP 500"),
         (Reply::Truncated(read(FORECAST)), ""),
-        (Reply::Body(read(FORECAST)[..700].to_vec()), "parsing the answer of watttime"),
-        (Reply::Body(b"<html>Bad gateway</html>".to_vec()), "parsing the answer of watttime"),
+        (
+            Reply::Body(read(FORECAST)[..700].to_vec()),
+            "parsing the answer of watttime",
+        ),
+        (
+            Reply::Body(b"<html>Bad gateway</html>".to_vec()),
+            "parsing the answer of watttime",
+        ),
     ] {
         let server = serve(vec![
             ("/login", Reply::Body(LOGIN.into())),
@@ -335,7 +420,13 @@ async fn watttime_429_500_timeouts_and_cut_bodies_are_errors() {
     );
     let e = error(wt.fetch(w).await);
     assert!(
-        matches!(e, SignalError::Fetching { failure: FetchFailure::Timeout(_), .. }),
+        matches!(
+            e,
+            SignalError::Fetching {
+                failure: FetchFailure::Timeout(_),
+                ..
+            }
+        ),
         "{e:?}"
     );
 }
@@ -361,7 +452,11 @@ fn watttime_wrong_units_signals_gaps_and_duplicates() {
         "{e}"
     );
     let kg = forecast_with(|v| v["meta"]["units"] = "kg_co2_per_mwh".into());
-    assert!(error(parse(&kg, Signal::Marginal)).to_string().contains("`kg_co2_per_mwh`"));
+    assert!(
+        error(parse(&kg, Signal::Marginal))
+            .to_string()
+            .contains("`kg_co2_per_mwh`")
+    );
     // A null value is a gap: the point is left out, not read as zero.
     let gap = forecast_with(|v| v["data"][3]["value"] = Value::Null);
     let s = parse(&gap, Signal::Marginal).expect("a gap is fine");
@@ -372,16 +467,35 @@ fn watttime_wrong_units_signals_gaps_and_duplicates() {
         v["data"].as_array_mut().expect("data").push(first);
     });
     let e = error(parse(&dup, Signal::Marginal)).to_string();
-    assert!(e.contains("2023-06-08T12:05:00+00:00 is given twice"), "{e}");
+    assert!(
+        e.contains("2023-06-08T12:05:00+00:00 is given twice"),
+        "{e}"
+    );
     let negative = forecast_with(|v| v["data"][2]["value"] = (-5.0).into());
-    assert!(error(parse(&negative, Signal::Marginal)).to_string().contains("is not an emission rate"));
+    assert!(
+        error(parse(&negative, Signal::Marginal))
+            .to_string()
+            .contains("is not an emission rate")
+    );
     let period = forecast_with(|v| v["meta"]["data_point_period_seconds"] = 90.into());
-    assert!(error(parse(&period, Signal::Marginal)).to_string().contains("`data_point_period_seconds` 90"));
-    let off_grid = forecast_with(|v| v["data"][1]["point_time"] = "2023-06-08T12:11:00+00:00".into());
-    assert!(error(parse(&off_grid, Signal::Marginal)).to_string().contains("not on the 5-min grid"));
+    assert!(
+        error(parse(&period, Signal::Marginal))
+            .to_string()
+            .contains("`data_point_period_seconds` 90")
+    );
+    let off_grid =
+        forecast_with(|v| v["data"][1]["point_time"] = "2023-06-08T12:11:00+00:00".into());
+    assert!(
+        error(parse(&off_grid, Signal::Marginal))
+            .to_string()
+            .contains("not on the 5-min grid")
+    );
     let err_body = read(INVALID_SCOPE);
     let e = error(parse(&err_body, Signal::Marginal)).to_string();
-    assert!(e.contains("WattTime answered an error: Invalid query parameters: Invalid scope."), "{e}");
+    assert!(
+        e.contains("WattTime answered an error: Invalid query parameters: Invalid scope."),
+        "{e}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -408,10 +522,18 @@ fn carbon_aware_sdk_data_source_forecast_with_zero_padding_as_a_gap() {
     assert_eq!(s.resolution_minutes, 15);
     // The padding of the second day is not taken for a clean grid.
     assert_eq!(s.known_until, utc("2024-03-24T23:00:00Z"));
-    let zeros = carbon_aware::parse(&read(CASDK), None, CarbonBasis::Unspecified, Zeros::AreValues)
-        .expect("parse");
+    let zeros = carbon_aware::parse(
+        &read(CASDK),
+        None,
+        CarbonBasis::Unspecified,
+        Zeros::AreValues,
+    )
+    .expect("parse");
     assert_eq!(zeros.points.len(), 188);
-    assert_eq!(zeros.at(utc("2024-03-25T12:00:00Z")).map(|p| p.value), Some(GramsPerKwh(0.0)));
+    assert_eq!(
+        zeros.at(utc("2024-03-25T12:00:00Z")).map(|p| p.value),
+        Some(GramsPerKwh(0.0))
+    );
 }
 
 #[tokio::test]
@@ -492,16 +614,25 @@ fn carbon_aware_sdk_bad_documents_are_refused() {
         }
     });
     let e = casdk_err(&overlap, None);
-    assert!(e.contains("starts inside the 30-min point before it"), "{e}");
+    assert!(
+        e.contains("starts inside the 30-min point before it"),
+        "{e}"
+    );
     let mixed = casdk_with(|v| v["Emissions"][5]["Duration"] = "01:00:00".into());
     assert!(casdk_err(&mixed, None).contains("lasts 60 min, the first 15 min"));
     let bad_span = casdk_with(|v| v["Emissions"][0]["Duration"] = "15 minutes".into());
-    assert!(casdk_err(&bad_span, None).contains("Emissions[0].Duration: `15 minutes` is not a duration"));
+    assert!(
+        casdk_err(&bad_span, None)
+            .contains("Emissions[0].Duration: `15 minutes` is not a duration")
+    );
     let negative = casdk_with(|v| v["Emissions"][3]["Rating"] = (-1.0).into());
     assert!(casdk_err(&negative, None).contains("-1 is not an intensity"));
     let dup = casdk_with(|v| {
         let e = v["Emissions"][0].clone();
-        v["Emissions"].as_array_mut().expect("emissions").insert(1, e);
+        v["Emissions"]
+            .as_array_mut()
+            .expect("emissions")
+            .insert(1, e);
     });
     assert!(casdk_err(&dup, None).contains("is given twice"));
     let zeros = casdk_with(|v| {
@@ -514,12 +645,20 @@ fn carbon_aware_sdk_bad_documents_are_refused() {
     assert!(casdk_err(&no_offset, None).contains("Emissions[0].Time"));
     // Several locations need one chosen; an unknown one is named.
     let two = casdk_with(|v| {
-        for (i, e) in v["Emissions"].as_array_mut().expect("emissions").iter_mut().enumerate() {
+        for (i, e) in v["Emissions"]
+            .as_array_mut()
+            .expect("emissions")
+            .iter_mut()
+            .enumerate()
+        {
             e["Location"] = if i % 2 == 0 { "DE" } else { "FR" }.into();
         }
     });
     assert!(casdk_err(&two, None).contains("several locations (DE, FR): configure `location`"));
-    assert!(casdk_err(&two, Some("AT")).contains("no forecast for location `AT` (the answer has: DE, FR)"));
+    assert!(
+        casdk_err(&two, Some("AT"))
+            .contains("no forecast for location `AT` (the answer has: DE, FR)")
+    );
     // Every other quarter-hour is DE's: its series has gaps between its points.
     let de = carbon_aware::parse(&two, Some("DE"), CarbonBasis::Unspecified, Zeros::AreGaps)
         .expect("DE");

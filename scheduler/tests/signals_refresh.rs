@@ -41,9 +41,9 @@ fn price_csv(from: DateTime<Utc>, hours: i64) -> String {
     s
 }
 
-/// A zone `GB` whose carbon comes from `carbon` (one YAML list item) and whose price comes
-/// from a fresh CSV.
-fn config(dir: &Path, carbon: &str, price: &str) -> SignalsConfig {
+/// A zone `zone` whose carbon comes from `carbon` and whose price from `price` (one YAML list
+/// item each).
+fn config(dir: &Path, zone: &str, carbon: &str, price: &str) -> SignalsConfig {
     std::fs::write(
         dir.join("prices.csv"),
         price_csv(utc("2023-07-01T00:00:00Z"), 24 * 200),
@@ -53,7 +53,7 @@ fn config(dir: &Path, carbon: &str, price: &str) -> SignalsConfig {
         "signals:
   slot_minutes: 30
   zones:
-    - name: GB
+    - name: {zone}
       max_age_hours: 6
       price:
         - {price}
@@ -81,9 +81,10 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-/// A refresher for a zone built by `zone(base)` (the carbon and price YAML items), served by
-/// `routes`, with the clock at `now`.
+/// A refresher for zone `name` built by `zone(base)` (the carbon and price YAML items), served
+/// by `routes`, with the clock at `now`.
 async fn setup(
+    name: &str,
     routes: Vec<(&'static str, Reply)>,
     zone: impl FnOnce(&str) -> (String, String),
     now: &str,
@@ -93,8 +94,8 @@ async fn setup(
     let server = io.run(serve(routes)).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let (carbon, price) = zone(&server.base);
-    let cfg = config(dir.path(), &carbon, &price);
-    let chain = ZoneChain::new(cfg.zone("GB").expect("zone"), &http);
+    let cfg = config(dir.path(), name, &carbon, &price);
+    let chain = ZoneChain::new(cfg.zone(name).expect("zone"), &http);
     let clock = Arc::new(TokioClock::starting_at(utc(now)));
     let mut settings = RefreshSettings::new(30);
     settings.seed = 42;
@@ -109,7 +110,12 @@ async fn setup(
 }
 
 async fn uk_setup(reply: Reply, http: HttpFetcher) -> Setup {
+    uk_setup_in("GB", reply, http).await
+}
+
+async fn uk_setup_in(zone: &str, reply: Reply, http: HttpFetcher) -> Setup {
     setup(
+        zone,
         vec![("/intensity/", reply)],
         |base| (uk(base), CSV_PRICE.to_owned()),
         UK_NOW,
@@ -120,8 +126,26 @@ async fn uk_setup(reply: Reply, http: HttpFetcher) -> Setup {
 
 /// Sleeps (paused time) until the refresher is due.
 async fn until_due(s: &Setup) {
-    let wait = (s.refresher.next_due() - s.clock.now()).to_std().unwrap_or_default();
+    let wait = (s.refresher.next_due() - s.clock.now())
+        .to_std()
+        .unwrap_or_default();
     tokio::time::sleep(wait).await;
+}
+
+/// Refreshes on schedule (paused time) until `kind` has been refreshed; returns when.
+async fn refresh_until(s: &mut Setup, kind: SignalKind) -> DateTime<Utc> {
+    loop {
+        until_due(s).await;
+        let now = s.clock.now();
+        if s.refresher
+            .refresh_due()
+            .await
+            .expect("refresh")
+            .contains(&kind)
+        {
+            return now;
+        }
+    }
 }
 
 fn carbon_requests(server: &Server) -> usize {
@@ -138,14 +162,9 @@ async fn failures_back_off_with_jitter_up_to_the_cap_then_follow_publications() 
     let policy = RetryPolicy::default();
     let mut delays = Vec::new();
     for n in 1..=8u32 {
-        until_due(&s).await;
-        let now = s.clock.now();
-        let refreshed = s.refresher.refresh_due().await.expect("refresh");
+        // The hourly price refreshes in between; only the carbon retries count here.
+        let now = refresh_until(&mut s, SignalKind::Carbon).await;
         let carbon = s.refresher.status().carbon;
-        if !refreshed.contains(&SignalKind::Carbon) {
-            // Only the hourly price was due; the carbon retry is still ahead.
-            continue;
-        }
         assert_eq!(carbon.consecutive_failures, n);
         let delay = carbon.next_refresh - now;
         let full = policy.backoff(n);
@@ -155,26 +174,26 @@ async fn failures_back_off_with_jitter_up_to_the_cap_then_follow_publications() 
             full / 2
         );
         delays.push(delay.num_milliseconds());
-        assert!(carbon.degraded.as_deref().is_some_and(|r| r.contains("HTTP 500")));
+        assert!(
+            carbon
+                .degraded
+                .as_deref()
+                .is_some_and(|r| r.contains("HTTP 500"))
+        );
     }
     assert_eq!(carbon_requests(&s.server), 8);
     // Exponential up to 15 minutes, jittered: no two delays alike, the last ones capped.
     let capped = Duration::minutes(15).num_milliseconds();
-    assert!(delays[5..].iter().all(|d| *d <= capped && *d >= capped / 2), "{delays:?}");
+    assert!(
+        delays[5..].iter().all(|d| *d <= capped && *d >= capped / 2),
+        "{delays:?}"
+    );
     let distinct: std::collections::BTreeSet<_> = delays.iter().collect();
     assert_eq!(distinct.len(), delays.len(), "{delays:?}");
 
     // The provider is back: the next refresh is at its next half-hour publication.
     s.server.answer_all(Reply::Body(read(UK_NATIONAL)));
-    until_due(&s).await;
-    loop {
-        let done = s.refresher.refresh_due().await.expect("refresh");
-        if done.contains(&SignalKind::Carbon) {
-            break;
-        }
-        until_due(&s).await;
-    }
-    let now = s.clock.now();
+    let now = refresh_until(&mut s, SignalKind::Carbon).await;
     let carbon = s.refresher.status().carbon;
     assert_eq!(carbon.consecutive_failures, 0);
     assert_eq!(carbon.degraded, None);
@@ -199,8 +218,7 @@ async fn retry_after_is_honoured_in_seconds_and_as_a_date() {
         fetcher(),
     )
     .await;
-    let now = s.clock.now();
-    s.refresher.refresh_due().await.expect("refresh");
+    let now = refresh_until(&mut s, SignalKind::Carbon).await;
     let carbon = s.refresher.status().carbon;
     // Far more than the first backoff (15 to 30 s): what the server asked.
     assert_eq!(carbon.next_refresh, now + Duration::seconds(600));
@@ -211,39 +229,52 @@ async fn retry_after_is_honoured_in_seconds_and_as_a_date() {
         "maintenance",
         Some("Sun, 03 Dec 2023 12:00:00 GMT"),
     ));
-    until_due(&s).await;
-    s.refresher.refresh_due().await.expect("refresh");
+    refresh_until(&mut s, SignalKind::Carbon).await;
     assert_eq!(
         s.refresher.status().carbon.next_refresh,
         utc("2023-12-03T12:00:00Z")
     );
     // A Retry-After shorter than the backoff does not shorten it.
-    s.server.answer_all(Reply::Status(429, "slow down", Some("1")));
-    until_due(&s).await;
-    let now = s.clock.now();
-    s.refresher.refresh_due().await.expect("refresh");
+    s.server
+        .answer_all(Reply::Status(429, "slow down", Some("1")));
+    let now = refresh_until(&mut s, SignalKind::Carbon).await;
     let carbon = s.refresher.status().carbon;
     assert_eq!(carbon.consecutive_failures, 3);
-    assert!(carbon.next_refresh - now >= Duration::seconds(60), "{carbon:?}");
+    assert!(
+        carbon.next_refresh - now >= Duration::seconds(60),
+        "{carbon:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_timeout_is_retried_soon_and_a_broken_answer_waits_for_the_next_publication() {
     let quick = HttpFetcher::direct(StdDuration::from_millis(200)).expect("client");
     let mut s = uk_setup(Reply::Silent, quick).await;
-    let now = s.clock.now();
-    s.refresher.refresh_due().await.expect("refresh");
+    let now = refresh_until(&mut s, SignalKind::Carbon).await;
     let carbon = s.refresher.status().carbon;
-    assert!(carbon.degraded.as_deref().is_some_and(|r| r.contains("no complete answer within")));
+    assert!(
+        carbon
+            .degraded
+            .as_deref()
+            .is_some_and(|r| r.contains("no complete answer within"))
+    );
     let delay = carbon.next_refresh - now;
-    assert!(delay >= Duration::seconds(15) && delay <= Duration::seconds(30), "{delay}");
+    assert!(
+        delay >= Duration::seconds(15) && delay <= Duration::seconds(30),
+        "{delay}"
+    );
 
     // A body that does not parse will not parse better in a minute: next half-hour.
-    s.server.answer_all(Reply::Body(read(UK_NATIONAL)[..500].to_vec()));
-    until_due(&s).await;
-    s.refresher.refresh_due().await.expect("refresh");
+    s.server
+        .answer_all(Reply::Body(read(UK_NATIONAL)[..500].to_vec()));
+    refresh_until(&mut s, SignalKind::Carbon).await;
     let carbon = s.refresher.status().carbon;
-    assert!(carbon.degraded.as_deref().is_some_and(|r| r.contains("parsing the answer")));
+    assert!(
+        carbon
+            .degraded
+            .as_deref()
+            .is_some_and(|r| r.contains("parsing the answer"))
+    );
     assert_eq!(carbon.consecutive_failures, 2);
     let due = carbon.next_refresh;
     assert!(
@@ -278,22 +309,31 @@ fn metrics_text(registry: &Registry) -> String {
     out
 }
 
+/// Every log line of this test binary. A thread-local subscriber would miss lines whose
+/// callsite another test's thread saw first with none, so this one is global; the test that
+/// reads it uses a zone of its own.
+fn logs() -> &'static Logs {
+    static LOGS: std::sync::OnceLock<Logs> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        logs
+    })
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_degraded_state_is_a_log_line_a_metric_and_a_status_field() {
-    let logs = Logs::default();
-    let writer = logs.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    // Other tests of this binary run on other threads with no subscriber; make sure the
-    // callsites' cached interest counts this thread's.
-    tracing::callsite::rebuild_interest_cache();
+    let logs = logs();
+    const ZONE: &str = "LOGGED";
 
     let mut registry = Registry::with_prefix("offpeak");
     let metrics = register_metrics(&mut registry);
-    let s = uk_setup(Reply::Status(500, "internal error", None), fetcher()).await;
+    let s = uk_setup_in(ZONE, Reply::Status(500, "internal error", None), fetcher()).await;
     let Setup {
         io,
         server,
@@ -307,7 +347,10 @@ async fn the_degraded_state_is_a_log_line_a_metric_and_a_status_field() {
 
     let status = refresher.status();
     let field = status.degraded().expect("degraded");
-    assert!(field.starts_with("signals for GB degraded: carbon: "), "{field}");
+    assert!(
+        field.starts_with("signals for LOGGED degraded: carbon: "),
+        "{field}"
+    );
     assert!(field.contains("uk-carbon-intensity#1 failed"), "{field}");
     assert!(field.contains("HTTP 500"), "{field}");
     assert_eq!(status.carbon.degraded_since, Some(clock.now()));
@@ -322,32 +365,60 @@ async fn the_degraded_state_is_a_log_line_a_metric_and_a_status_field() {
     assert!(snap.price.is_some() && snap.carbon.is_some());
 
     let text = metrics_text(&registry);
-    assert!(text.contains("offpeak_signal_degraded{zone=\"GB\",signal=\"carbon\"} 1"), "{text}");
-    assert!(text.contains("offpeak_signal_degraded{zone=\"GB\",signal=\"price\"} 0"), "{text}");
-    assert!(text.contains("offpeak_signal_consecutive_failures{zone=\"GB\",signal=\"carbon\"} 1"), "{text}");
     assert!(
-        text.contains("offpeak_signal_refreshes_total{zone=\"GB\",signal=\"carbon\",outcome=\"retry\"} 1"),
+        text.contains("offpeak_signal_degraded{zone=\"LOGGED\",signal=\"carbon\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("offpeak_signal_degraded{zone=\"LOGGED\",signal=\"price\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("offpeak_signal_consecutive_failures{zone=\"LOGGED\",signal=\"carbon\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "offpeak_signal_refreshes_total{zone=\"LOGGED\",signal=\"carbon\",outcome=\"retry\"} 1"
+        ),
         "{text}"
     );
     let log = logs.text();
     let line = log
         .lines()
-        .find(|l| l.contains("signal degraded") && l.contains("signal=carbon"))
+        .find(|l| {
+            l.contains("signal degraded")
+                && l.contains("signal=carbon")
+                && l.contains("zone=LOGGED")
+        })
         .unwrap_or_else(|| panic!("no degraded line in:\n{log}"));
     assert!(line.contains("WARN"), "{line}");
-    assert!(line.contains("zone=GB"), "{line}");
     assert!(line.contains("HTTP 500"), "{line}");
 
     // Recovery clears all three.
     server.answer_all(Reply::Body(read(UK_NATIONAL)));
-    let wait = (refresher.next_due() - clock.now()).to_std().unwrap_or_default();
+    let wait = (refresher.next_due() - clock.now())
+        .to_std()
+        .unwrap_or_default();
     tokio::time::sleep(wait).await;
     refresher.refresh_due().await.expect("refresh");
     assert_eq!(refresher.status().degraded(), None);
     let text = metrics_text(&registry);
-    assert!(text.contains("offpeak_signal_degraded{zone=\"GB\",signal=\"carbon\"} 0"), "{text}");
-    assert!(text.contains("offpeak_signal_known_until_seconds{zone=\"GB\",signal=\"carbon\"} 1701772200"), "{text}");
-    assert!(logs.text().contains("signal recovered"));
+    assert!(
+        text.contains("offpeak_signal_degraded{zone=\"LOGGED\",signal=\"carbon\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "offpeak_signal_known_until_seconds{zone=\"LOGGED\",signal=\"carbon\"} 1701772200"
+        ),
+        "{text}"
+    );
+    assert!(
+        logs.text()
+            .lines()
+            .any(|l| l.contains("signal recovered") && l.contains("zone=LOGGED"))
+    );
     drop(io);
 }
 
@@ -405,6 +476,7 @@ async fn a_late_daily_publication_is_asked_for_again() {
     };
     // Before the publication, today's prices are all there is to expect.
     let mut s = setup(
+        "AT",
         vec![("/v1/marketdata", Reply::Body(read(AWATTAR)))],
         awattar,
         "2023-07-02T09:00:00Z",
@@ -421,13 +493,14 @@ async fn a_late_daily_publication_is_asked_for_again() {
         price.next_refresh
     );
     // After it, tomorrow's are missing: asked for again soon, without degrading the zone.
-    until_due(&s).await;
-    let now = s.clock.now();
-    s.refresher.refresh_due().await.expect("refresh");
+    let now = refresh_until(&mut s, SignalKind::Price).await;
     let price = s.refresher.status().price;
     assert_eq!(price.consecutive_failures, 1);
     assert_eq!(price.degraded, None);
     let delay = price.next_refresh - now;
-    assert!(delay >= Duration::seconds(15) && delay <= Duration::seconds(30), "{delay}");
+    assert!(
+        delay >= Duration::seconds(15) && delay <= Duration::seconds(30),
+        "{delay}"
+    );
     drop(s.io);
 }

@@ -114,7 +114,10 @@ fn sce_tou_8_on_the_25_hour_day_at_the_end_of_summer_time() {
     assert!((p.value() - 124.28).abs() < 1e-9, "{p:?}");
     // A weekday has its own schedule: Monday 16:00 PST is period 2 as well, Monday 08:00 PST
     // (16:00Z) period 0.
-    assert_eq!(tariff.period_name_at(utc("2024-11-04T16:00:00Z")), Some("period 0"));
+    assert_eq!(
+        tariff.period_name_at(utc("2024-11-04T16:00:00Z")),
+        Some("period 0")
+    );
 }
 
 #[test]
@@ -127,28 +130,46 @@ fn sce_tou_8_on_the_23_hour_day_and_in_summer() {
     assert_eq!(assert_matches_raw(&tariff, &raw, la(), day), 23);
     // 09:00Z was 01:00 PST, 10:00Z is already 03:00 PDT.
     let local = |t: &str| utc(t).with_timezone(&la()).hour();
-    assert_eq!((local("2025-03-09T09:00:00Z"), local("2025-03-09T10:00:00Z")), (1, 3));
+    assert_eq!(
+        (local("2025-03-09T09:00:00Z"), local("2025-03-09T10:00:00Z")),
+        (1, 3)
+    );
     // A July week: the summer rows (periods 3, 4 and 5) apply, weekdays and weekend apart.
     let week = window("2025-07-07T07:00:00Z", "2025-07-14T07:00:00Z");
     assert_eq!(assert_matches_raw(&tariff, &raw, la(), week), 7 * 24);
-    assert_eq!(tariff.period_name_at(utc("2025-07-08T00:00:00Z")), Some("period 5"));
-    assert_eq!(tariff.period_name_at(utc("2025-07-13T00:00:00Z")), Some("period 4"));
+    assert_eq!(
+        tariff.period_name_at(utc("2025-07-08T00:00:00Z")),
+        Some("period 5")
+    );
+    assert_eq!(
+        tariff.period_name_at(utc("2025-07-13T00:00:00Z")),
+        Some("period 4")
+    );
 }
 
 #[test]
 fn pge_bev_2_s_names_its_periods_from_the_record() {
     let tariff = urdb_file(PGE, la());
     let raw = raw_json(PGE);
-    assert_eq!(tariff.name, "BEV-2-S Business Electric Vehicle (Secondary Voltage)");
+    assert_eq!(
+        tariff.name,
+        "BEV-2-S Business Electric Vehicle (Secondary Voltage)"
+    );
     let names: Vec<&str> = tariff.periods.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["Off-Peak", "Super Off-Peak", "Peak"]);
     // 16:00 to 21:00 local is Peak at 0.39404 $/kWh; 09:00 to 14:00 Super Off-Peak.
-    assert_eq!(tariff.period_name_at(utc("2025-01-15T00:00:00Z")), Some("Peak"));
+    assert_eq!(
+        tariff.period_name_at(utc("2025-01-15T00:00:00Z")),
+        Some("Peak")
+    );
     assert_eq!(
         tariff.price_at(utc("2025-01-15T00:00:00Z")),
         Some(PricePerMwh(394.04))
     );
-    assert_eq!(tariff.period_name_at(utc("2025-01-15T17:00:00Z")), Some("Super Off-Peak"));
+    assert_eq!(
+        tariff.period_name_at(utc("2025-01-15T17:00:00Z")),
+        Some("Super Off-Peak")
+    );
     let day = window("2025-03-09T08:00:00Z", "2025-03-10T07:00:00Z");
     assert_eq!(assert_matches_raw(&tariff, &raw, la(), day), 23);
     // Before its start date (2024-10-01T06:00Z) the tariff does not apply.
@@ -188,7 +209,11 @@ fn a_flat_record_is_one_price_every_hour() {
         .expect("series");
     assert_eq!(s.points.len(), 7 * 24);
     // 0.1056 + 0.029681 $/kWh.
-    assert!(s.points.iter().all(|p| (p.value.value() - 135.281).abs() < 1e-9));
+    assert!(
+        s.points
+            .iter()
+            .all(|p| (p.value.value() - 135.281).abs() < 1e-9)
+    );
     assert_eq!(tariff.periods.len(), 1);
 }
 
@@ -203,7 +228,12 @@ fn demand_and_fixed_charges_are_reported_not_priced() {
         .filter(|d| d.kind == DemandKind::Flat)
         .collect();
     assert_eq!(flat.len(), 1);
-    assert_eq!(flat[0].rate, item["flatdemandstructure"][0][0]["rate"].as_f64().expect("rate"));
+    assert_eq!(
+        flat[0].rate,
+        item["flatdemandstructure"][0][0]["rate"]
+            .as_f64()
+            .expect("rate")
+    );
     assert_eq!(flat[0].unit, "kW");
     let tou: Vec<_> = tariff
         .demand_charges
@@ -213,7 +243,10 @@ fn demand_and_fixed_charges_are_reported_not_priced() {
     // Periods 1 (summer) and 2 (the other months) cost something; period 0 is free.
     assert_eq!(tou.len(), 2);
     let p1 = &item["demandratestructure"][1][0];
-    assert!((tou[0].rate - (p1["rate"].as_f64().expect("r") + p1["adj"].as_f64().expect("a"))).abs() < EPS);
+    assert!(
+        (tou[0].rate - (p1["rate"].as_f64().expect("r") + p1["adj"].as_f64().expect("a"))).abs()
+            < EPS
+    );
     assert_eq!(tou[0].months, vec![6, 7, 8, 9, 10]);
     assert_eq!(tou[1].months, vec![1, 2, 3, 4, 5, 11, 12]);
     let fixed = tariff.fixed_charge.as_ref().expect("fixed charge");
@@ -221,10 +254,18 @@ fn demand_and_fixed_charges_are_reported_not_priced() {
     assert_eq!(fixed.unit, "$/month");
     let notes = tariff.notes().join("\n");
     assert!(
-        notes.contains("demand charge (reported, not optimised): flat `flat 0` 30.63 USD/kW"),
+        notes.contains("demand charge (reported, not optimised): `flat` 30.63 USD/kW per month on the month's peak"),
         "{notes}"
     );
-    assert!(notes.contains("fixed charge (reported, not optimised): 766.91 $/month"), "{notes}");
+    assert!(
+        notes.contains("fixed charge (reported, not optimised): 766.91 $/month"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("`Period 1` 45.61 USD/kW per month on the month's peak within the period in months 6,7,8,9,10")
+            || notes.contains("`period 1` 45.61 USD/kW per month on the month's peak within the period in months 6,7,8,9,10"),
+        "{notes}"
+    );
     // The energy price is rate + adj of the energy structure only: no demand in it.
     let p = tariff.price_at(utc("2025-01-15T01:00:00Z")).expect("price");
     let (expected, _) = raw_urdb_at(&raw, la(), utc("2025-01-15T01:00:00Z"));
@@ -268,7 +309,11 @@ fn truncated_and_malformed_records_are_parse_errors() {
     let opts = UrdbOptions::new(la());
     let e = urdb::parse(&whole[..whole.len() / 2], "sce.json", &opts).expect_err("truncated");
     assert!(matches!(e, TariffError::Parsing { .. }), "{e:?}");
-    assert!(e.to_string().starts_with("parsing sce.json: EOF while parsing"), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with("parsing sce.json: EOF while parsing"),
+        "{e}"
+    );
     let e = urdb_err(b"<html>502 Bad Gateway</html>", &opts);
     assert!(e.starts_with("parsing test.json: expected value"), "{e}");
     let e = urdb_err(br#"{"items": []}"#, &opts);
@@ -315,7 +360,9 @@ fn wrong_units_gaps_and_bad_indices_are_refused_naming_the_field() {
         ),
         (
             sce_with(|r| {
-                r.as_object_mut().expect("record").remove("energyweekendschedule");
+                r.as_object_mut()
+                    .expect("record")
+                    .remove("energyweekendschedule");
             }),
             "items[0].energyweekendschedule",
             "missing",
@@ -425,8 +472,14 @@ fn handwritten_tariff_on_quarter_hours_through_the_23_hour_day() {
         assert!((p.value.value() - ct * 10.0).abs() < 1e-9, "{local}");
     }
     // 06:15 CEST (04:15Z) is still off-peak, 06:30 (04:30Z) standard.
-    assert_eq!(t.period_name_at(utc("2024-03-31T04:15:00Z")), Some("off-peak"));
-    assert_eq!(t.period_name_at(utc("2024-03-31T04:30:00Z")), Some("standard"));
+    assert_eq!(
+        t.period_name_at(utc("2024-03-31T04:15:00Z")),
+        Some("off-peak")
+    );
+    assert_eq!(
+        t.period_name_at(utc("2024-03-31T04:30:00Z")),
+        Some("standard")
+    );
 }
 
 #[test]
@@ -434,18 +487,33 @@ fn handwritten_tariff_weekdays_months_and_holidays() {
     let t = berlin();
     // Monday 2024-07-01 08:00 CEST (06:00Z): peak, 34.5 ct/kWh = 345 EUR/MWh.
     assert_eq!(t.period_name_at(utc("2024-07-01T06:00:00Z")), Some("peak"));
-    assert_eq!(t.price_at(utc("2024-07-01T06:00:00Z")), Some(PricePerMwh(345.0)));
+    assert_eq!(
+        t.price_at(utc("2024-07-01T06:00:00Z")),
+        Some(PricePerMwh(345.0))
+    );
     // Saturday 2024-07-06 12:00 CEST: summer midday; the same hour in October is standard.
-    assert_eq!(t.period_name_at(utc("2024-07-06T10:00:00Z")), Some("summer-midday"));
-    assert_eq!(t.period_name_at(utc("2024-10-05T10:00:00Z")), Some("standard"));
+    assert_eq!(
+        t.period_name_at(utc("2024-07-06T10:00:00Z")),
+        Some("summer-midday")
+    );
+    assert_eq!(
+        t.period_name_at(utc("2024-10-05T10:00:00Z")),
+        Some("standard")
+    );
     // Wednesday 2024-12-25 08:00 CET (07:00Z) is a holiday, priced as a Sunday: standard.
-    assert_eq!(t.period_name_at(utc("2024-12-25T07:00:00Z")), Some("standard"));
+    assert_eq!(
+        t.period_name_at(utc("2024-12-25T07:00:00Z")),
+        Some("standard")
+    );
     assert_eq!(t.period_name_at(utc("2024-12-24T07:00:00Z")), Some("peak"));
     // Before 2024-01-01 (local midnight, 2023-12-31T23:00Z) it does not apply.
     assert_eq!(t.period_at(utc("2023-12-31T22:45:00Z")), None);
     assert!(t.period_at(utc("2023-12-31T23:00:00Z")).is_some());
     let notes = t.notes().join("\n");
-    assert!(notes.contains("flat `annual peak` 9.5 EUR/kW per month"), "{notes}");
+    assert!(
+        notes.contains("`annual peak` 9.5 EUR/kW per month on the month's peak"),
+        "{notes}"
+    );
     assert!(notes.contains("14.9 EUR/month"), "{notes}");
 }
 
@@ -473,12 +541,24 @@ fn handwritten_tariff_mistakes_are_refused_naming_the_line_and_field() {
         e.contains("no period covers Jan mon at 23:45: add it to a period"),
         "{e}"
     );
-    let e = yaml_err("    - {name: a, rate: 0.3, hours: [\"16:10-21:00\"]}\n    - {name: b, rate: 0.1}\n");
-    assert!(e.contains("`tariff.periods[0].hours[0]`: `16:10` is not on a quarter-hour"), "{e}");
-    let e = yaml_err("    - {name: a, rate: 0.3, hours: [\"4pm-9pm\"]}\n    - {name: b, rate: 0.1}\n");
-    assert!(e.contains("is not a range of local times like `16:00-21:00`"), "{e}");
+    let e = yaml_err(
+        "    - {name: a, rate: 0.3, hours: [\"16:10-21:00\"]}\n    - {name: b, rate: 0.1}\n",
+    );
+    assert!(
+        e.contains("`tariff.periods[0].hours[0]`: `16:10` is not on a quarter-hour"),
+        "{e}"
+    );
+    let e =
+        yaml_err("    - {name: a, rate: 0.3, hours: [\"4pm-9pm\"]}\n    - {name: b, rate: 0.1}\n");
+    assert!(
+        e.contains("is not a range of local times like `16:00-21:00`"),
+        "{e}"
+    );
     let e = yaml_err("    - {name: a, rate: 0.3, days: [funday]}\n    - {name: b, rate: 0.1}\n");
-    assert!(e.contains("`funday` is not mon..sun, weekdays or weekend"), "{e}");
+    assert!(
+        e.contains("`funday` is not mon..sun, weekdays or weekend"),
+        "{e}"
+    );
     let e = yaml_err("    - {name: a, rate: 0.3, months: [13]}\n    - {name: b, rate: 0.1}\n");
     assert!(e.contains("13 is not a month (1 to 12)"), "{e}");
     let e = yaml_err("    - {name: a, rate: 0.3}\n    - {name: b, rate: 0.1}\n");
@@ -495,12 +575,20 @@ fn handwritten_tariff_mistakes_are_refused_naming_the_line_and_field() {
         e.to_string(),
         "t.yaml: line 5: `tariff.unit`: `eur_per_kwh` is not per_kwh, subunit_per_kwh or per_mwh"
     );
-    let bad_zone = bad_unit.replace("eur_per_kwh", "per_kwh").replace("Europe/Berlin", "CET+1");
+    let bad_zone = bad_unit
+        .replace("eur_per_kwh", "per_kwh")
+        .replace("Europe/Berlin", "CET+1");
     let e = handwritten::parse(bad_zone.as_bytes(), "t.yaml").expect_err("zone");
-    assert!(e.to_string().contains("`CET+1` is not an IANA time zone"), "{e}");
+    assert!(
+        e.to_string().contains("`CET+1` is not an IANA time zone"),
+        "{e}"
+    );
     let truncated = &read(BERLIN_YAML)[..300];
     let e = handwritten::parse(truncated, "berlin.yaml").expect_err("truncated");
-    assert!(matches!(e, TariffError::Parsing { .. } | TariffError::Invalid { .. }), "{e:?}");
+    assert!(
+        matches!(e, TariffError::Parsing { .. } | TariffError::Invalid { .. }),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -514,5 +602,8 @@ fn midnight_wrapping_ranges_and_whole_days() {
     assert_eq!(t.period_name_at(utc("2024-01-11T06:30:00Z")), Some("day"));
     // July: BST, one hour ahead.
     assert_eq!(t.period_name_at(utc("2024-07-10T22:30:00Z")), Some("night"));
-    assert_eq!(t.price_at(utc("2024-07-10T22:30:00Z")), Some(PricePerMwh(50.0)));
+    assert_eq!(
+        t.price_at(utc("2024-07-10T22:30:00Z")),
+        Some(PricePerMwh(50.0))
+    );
 }

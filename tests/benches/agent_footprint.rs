@@ -2,7 +2,8 @@
 //! running `offpeak serve`, for `OFFPEAK_BENCH_SECONDS` (default 60) after a 5 s warm-up;
 //! reports the agent's CPU (share of one core, from /proc/<pid>/stat) and resident memory
 //! (VmRSS, VmHWM from /proc/<pid>/status). Targets (issue 4): under 0.5 % of one core and under
-//! 20 MiB resident.
+//! 20 MiB resident. `OFFPEAK_BENCH_DISK_BUFFER=1` runs the agent with its on-disk buffer
+//! (`--buffer-dir`), which writes each batch to a file and removes it once confirmed.
 //!
 //! Run: `cargo build --release -p offpeak-scheduler -p offpeak-agent &&
 //! cargo bench -p offpeak-tests --bench agent_footprint`.
@@ -24,9 +25,22 @@ fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; this binary has no options of its own.
     let seconds = seconds_from_env("OFFPEAK_BENCH_SECONDS", 60)?;
     let serve = Serve::start()?;
-    let mut agent = Command::new(binary("offpeak-agent")?)
+    let buffer = tempfile::tempdir()?;
+    let on_disk = std::env::var("OFFPEAK_BENCH_DISK_BUFFER").is_ok_and(|v| v == "1");
+    let mut command = Command::new(binary("offpeak-agent")?);
+    if on_disk {
+        command.arg("--buffer-dir").arg(buffer.path());
+    }
+    let mut agent = command
         .args(["--source", "sim", "--devices", "8", "--interval-ms", "1000"])
-        .args(["--node", "bench-node", "--zone", "GB", "--scheduler", &serve.uri()])
+        .args([
+            "--node",
+            "bench-node",
+            "--zone",
+            "GB",
+            "--scheduler",
+            &serve.uri(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -42,11 +56,17 @@ fn main() -> anyhow::Result<()> {
     let wall = t0.elapsed().as_secs_f64();
     let accepted = serve.metric("offpeak_samples_accepted_total")? - accepted_start;
     // A clean stop (SIGINT, as ctrl-c or Kubernetes' SIGTERM handling would) flushes.
-    let _ = Command::new("kill").args(["-INT", &pid.to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
     let status = agent.wait()?;
 
     let share = (end.cpu_seconds - start.cpu_seconds) / wall;
-    println!("agent footprint, 8 simulated GPUs at 1 Hz, {wall:.1} s after a {WARM_UP:?} warm-up");
+    println!(
+        "agent footprint, 8 simulated GPUs at 1 Hz, {wall:.1} s after a {WARM_UP:?} warm-up, \
+         buffer {}",
+        if on_disk { "on disk" } else { "in memory" }
+    );
     println!(
         "  cpu: {:.3} s = {:.3} % of one core (target < {:.1} %)",
         end.cpu_seconds - start.cpu_seconds,

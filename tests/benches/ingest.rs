@@ -127,7 +127,8 @@ fn main() -> anyhow::Result<()> {
             accepted += t.await.context("an agent task failed")??;
         }
         let seconds = t0.elapsed().as_secs_f64();
-        let server_cpu = proc_stats(serve.child.id(), ticks)?.cpu_seconds - server_before.cpu_seconds;
+        let server_cpu =
+            proc_stats(serve.child.id(), ticks)?.cpu_seconds - server_before.cpu_seconds;
         let client_cpu =
             proc_stats(std::process::id(), ticks)?.cpu_seconds - client_before.cpu_seconds;
         anyhow::Ok((accepted, seconds, server_cpu, client_cpu))
@@ -139,7 +140,9 @@ fn main() -> anyhow::Result<()> {
         "scheduler ingest: {agents} agents x {per_agent} batches x {DEVICES} samples over loopback{}",
         if with_state { ", with --state" } else { "" }
     );
-    println!("  metered {accepted} of {expected} samples in {seconds:.2} s = {rate:.0} samples/s (target >= {TARGET_SAMPLES_PER_S:.0})");
+    println!(
+        "  metered {accepted} of {expected} samples in {seconds:.2} s = {rate:.0} samples/s (target >= {TARGET_SAMPLES_PER_S:.0})"
+    );
     println!(
         "  scheduler cpu {server_cpu:.2} s ({:.2} cores), clients cpu {client_cpu:.2} s ({:.2} cores); \
          scheduler VmHWM {:.0} MiB",
@@ -147,7 +150,10 @@ fn main() -> anyhow::Result<()> {
         client_cpu / seconds,
         server.hwm_kib as f64 / 1024.0
     );
-    ensure!(accepted == expected, "the scheduler metered {accepted}, expected {expected}");
+    ensure!(
+        accepted == expected,
+        "the scheduler metered {accepted}, expected {expected}"
+    );
     let metered = serve.metric("offpeak_samples_accepted_total")?;
     ensure!(metered == expected, "/metrics says {metered}");
     Ok(())

@@ -145,7 +145,10 @@ async fn bad_inventories_and_curves_are_refused_with_their_reason() -> anyhow::R
             })
             .await;
         let status = refused.err();
-        assert_eq!(status.as_ref().map(|s| s.code()), Some(Code::InvalidArgument));
+        assert_eq!(
+            status.as_ref().map(|s| s.code()),
+            Some(Code::InvalidArgument)
+        );
         let message = status.map(|s| s.message().to_owned()).unwrap_or_default();
         assert!(message.contains(why), "{message}");
     }
@@ -185,7 +188,10 @@ async fn bad_inventories_and_curves_are_refused_with_their_reason() -> anyhow::R
         2
     );
     assert_eq!(
-        metric(&text, "offpeak_curves_rejected_total{reason=\"duplicate_limit\"}")?,
+        metric(
+            &text,
+            "offpeak_curves_rejected_total{reason=\"duplicate_limit\"}"
+        )?,
         1
     );
     scheduler.stop().await
@@ -208,14 +214,23 @@ async fn an_oversized_message_is_refused_and_the_service_carries_on() -> anyhow:
     assert_eq!(status.as_ref().map(|s| s.code()), Some(Code::OutOfRange));
     let message = status.map(|s| s.message().to_owned()).unwrap_or_default();
     assert!(message.contains("too large"), "{message}");
-    assert!(scheduler.registry.energy_by_device().values().all(|&e| e == 0));
+    assert!(
+        scheduler
+            .registry
+            .energy_by_device()
+            .values()
+            .all(|&e| e == 0)
+    );
 
     // The same agent, within the limit, is served as usual.
     let fine = vec![
         batch(&agent_id, 2, vec![sample("GPU-0", 100.0, 1_000)]),
         batch(&agent_id, 3, vec![sample("GPU-0", 100.0, 1_500)]),
     ];
-    let summary = client.stream_samples(tokio_stream::iter(fine)).await?.into_inner();
+    let summary = client
+        .stream_samples(tokio_stream::iter(fine))
+        .await?
+        .into_inner();
     assert_eq!(summary.accepted, 2);
     scheduler.stop().await
 }

@@ -19,7 +19,10 @@ use offpeak_proto::v1::{CommandAck, CommandsRequest, Device, RegisterRequest};
 use offpeak_scheduler::service::CommandState;
 use offpeak_scheduler::service::commands::{CommandError, CommandRefusal};
 
-async fn wait(scheduler: &Scheduler, id: &offpeak_scheduler::service::CommandId) -> anyhow::Result<CommandState> {
+async fn wait(
+    scheduler: &Scheduler,
+    id: &offpeak_scheduler::service::CommandId,
+) -> anyhow::Result<CommandState> {
     Ok(tokio::time::timeout(PATIENCE, scheduler.commands.wait(id))
         .await
         .context("no acknowledgement")??)
@@ -65,7 +68,12 @@ async fn a_limit_round_trips_out_of_range_is_refused_and_stop_restores_the_defau
     assert!(capped.power_watts < before.power_watts);
     // The other devices and agents are untouched.
     assert_eq!(
-        agents[1].agent.sampler_mut().source_mut().read(1)?.power_limit_watts,
+        agents[1]
+            .agent
+            .sampler_mut()
+            .source_mut()
+            .read(1)?
+            .power_limit_watts,
         Some(250.0)
     );
 
@@ -73,15 +81,33 @@ async fn a_limit_round_trips_out_of_range_is_refused_and_stop_restores_the_defau
     let refused = scheduler.commands.set_power_limit("node-1", &gpu, 300);
     match &refused {
         Err(CommandError::SetPowerLimit {
-            reason: CommandRefusal::OutOfRange { requested, min, max },
+            reason:
+                CommandRefusal::OutOfRange {
+                    requested,
+                    min,
+                    max,
+                },
             ..
         }) => assert_eq!((*requested, *min, *max), (300, 100, 250)),
         other => panic!("expected an out-of-range refusal, got {other:?}"),
     }
     let message = refused.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(message.contains("outside the device's allowed range 100–250 W"), "{message}");
-    assert!(scheduler.commands.set_power_limit("node-9", &gpu, 150).is_err());
-    assert!(scheduler.commands.set_power_limit("node-1", "GPU-none", 150).is_err());
+    assert!(
+        message.contains("outside the device's allowed range 100–250 W"),
+        "{message}"
+    );
+    assert!(
+        scheduler
+            .commands
+            .set_power_limit("node-9", &gpu, 150)
+            .is_err()
+    );
+    assert!(
+        scheduler
+            .commands
+            .set_power_limit("node-1", "GPU-none", 150)
+            .is_err()
+    );
 
     // A limit on node-2 stays set until that agent stops, which puts the default back.
     let gpu2 = agents[2].device(1);
@@ -92,7 +118,11 @@ async fn a_limit_round_trips_out_of_range_is_refused_and_stop_restores_the_defau
     let (_, reports) = finish_all(agents).await?;
     for (i, stopped) in reports.iter().enumerate() {
         let expected = usize::from(i != 0);
-        ensure!(stopped.restored.len() == expected, "agent {i}: {:?}", stopped.restored);
+        ensure!(
+            stopped.restored.len() == expected,
+            "agent {i}: {:?}",
+            stopped.restored
+        );
         ensure!(stopped.restored.iter().all(|r| r.result == Ok(250.0)));
     }
     let mut reports = reports;
@@ -102,13 +132,22 @@ async fn a_limit_round_trips_out_of_range_is_refused_and_stop_restores_the_defau
         }
     }
     let text = scheduler.metrics().await?;
-    assert_eq!(metric(&text, "offpeak_command_acks_total{outcome=\"applied\"}")?, 2);
     assert_eq!(
-        metric(&text, "offpeak_commands_refused_total{reason=\"out_of_range\"}")?,
+        metric(&text, "offpeak_command_acks_total{outcome=\"applied\"}")?,
+        2
+    );
+    assert_eq!(
+        metric(
+            &text,
+            "offpeak_commands_refused_total{reason=\"out_of_range\"}"
+        )?,
         1
     );
     assert_eq!(
-        metric(&text, "offpeak_commands_refused_total{reason=\"unknown_node\"}")?,
+        metric(
+            &text,
+            "offpeak_commands_refused_total{reason=\"unknown_node\"}"
+        )?,
         1
     );
     scheduler.stop().await
@@ -163,8 +202,8 @@ async fn a_restore_command_round_trips_and_an_agent_failure_is_reported_not_hidd
         .into_inner();
     let id = scheduler.commands.set_power_limit("node-b", "GPU-b", 200)?;
     let command = tokio::time::timeout(PATIENCE, commands.message())
-        .await?
-        ?.context("the stream ended")?;
+        .await??
+        .context("the stream ended")?;
     assert_eq!(command.id, id.to_string());
     client
         .report_ack(CommandAck {
@@ -197,7 +236,10 @@ async fn a_restore_command_round_trips_and_an_agent_failure_is_reported_not_hidd
         .await;
     assert_eq!(refused.err().map(|s| s.code()), Some(tonic::Code::NotFound));
     let text = scheduler.metrics().await?;
-    assert_eq!(metric(&text, "offpeak_command_acks_total{outcome=\"failed\"}")?, 1);
+    assert_eq!(
+        metric(&text, "offpeak_command_acks_total{outcome=\"failed\"}")?,
+        1
+    );
     scheduler.stop().await
 }
 
@@ -239,7 +281,10 @@ async fn curves_streamed_by_agents_come_out_as_planner_profiles() -> anyhow::Res
         .curves
         .profile(key.0, key.1)
         .context("no profile from the agents' curves")?;
-    assert_eq!(got.name, "tesla v100 (simulated)/imagenet/resnet50/b256/adadelta");
+    assert_eq!(
+        got.name,
+        "tesla v100 (simulated)/imagenet/resnet50/b256/adadelta"
+    );
     let limits: Vec<f64> = got.points.iter().map(|p| p.power_limit.value()).collect();
     assert_eq!(limits, vec![100.0, 175.0, 250.0]);
     let full = profile.curve.at(250.0).context("no 250 W point")?;
@@ -249,9 +294,15 @@ async fn curves_streamed_by_agents_come_out_as_planner_profiles() -> anyhow::Res
             .at(p.power_limit.value())
             .context("limit not in the profile")?;
         // Draw: the simulator rounds it to the milliwatt.
-        assert!((p.draw.value() - recorded.draw_watts).abs() < 0.001, "{p:?}");
+        assert!(
+            (p.draw.value() - recorded.draw_watts).abs() < 0.001,
+            "{p:?}"
+        );
         let relative = recorded.throughput_per_s / full.throughput_per_s;
-        assert!((p.throughput - relative).abs() < 1e-9, "{p:?} vs {relative}");
+        assert!(
+            (p.throughput - relative).abs() < 1e-9,
+            "{p:?} vs {relative}"
+        );
     }
     assert_eq!(got.points.last().map(|p| p.throughput), Some(1.0));
     assert_eq!(scheduler.curves.profiles().len(), 1);

@@ -31,7 +31,10 @@ struct Kubelet {
 
 impl Kubelet {
     fn set(&self, pods: Vec<Pod>) {
-        *self.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = pods;
+        *self
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = pods;
     }
 }
 
@@ -102,7 +105,14 @@ async fn samples_name_the_pod_energy_is_metered_per_pod_and_its_end_lifts_the_li
     kubelet.set(vec![training_pod(&gpu0)]);
     let map = pods.device_pods().await?;
     let pod = map.get(&gpu0).context("GPU 0 not attributed")?;
-    assert_eq!((pod.namespace.as_str(), pod.pod.as_str(), pod.container.as_str()), ("ml", "train-0", "worker"));
+    assert_eq!(
+        (
+            pod.namespace.as_str(),
+            pod.pod.as_str(),
+            pod.container.as_str()
+        ),
+        ("ml", "train-0", "worker")
+    );
     assert!(!map.contains_key(&gpu1));
     agent.agent.update_pods(map);
     scheduler.commands.set_power_limit("node-p", &gpu0, 150)?;
@@ -116,7 +126,12 @@ async fn samples_name_the_pod_energy_is_metered_per_pod_and_its_end_lifts_the_li
     agent.agent.update_pods(pods.device_pods().await?);
     assert!(agent.agent.enforcer().changed().is_empty());
     assert_eq!(
-        agent.agent.sampler_mut().source_mut().read(0)?.power_limit_watts,
+        agent
+            .agent
+            .sampler_mut()
+            .source_mut()
+            .read(0)?
+            .power_limit_watts,
         Some(250.0)
     );
     tick_all(std::slice::from_mut(&mut agent), 3).await?;
@@ -126,7 +141,10 @@ async fn samples_name_the_pod_energy_is_metered_per_pod_and_its_end_lifts_the_li
     let expected = last_with_pod[&key] - baseline[&key];
     let by_pod = scheduler.registry.energy_by_pod();
     assert_eq!(by_pod.len(), 1);
-    assert_eq!(by_pod.get(&("ml".into(), "train-0".into())), Some(&expected));
+    assert_eq!(
+        by_pod.get(&("ml".into(), "train-0".into())),
+        Some(&expected)
+    );
     assert!(expected > 0);
     scheduler.stop().await?;
 
@@ -135,7 +153,8 @@ async fn samples_name_the_pod_energy_is_metered_per_pod_and_its_end_lifts_the_li
     server.await??;
     let e = pods.device_pods().await.err().map(|e| e.to_string());
     assert!(
-        e.as_deref().is_some_and(|m| m.starts_with("watching pod resources")),
+        e.as_deref()
+            .is_some_and(|m| m.starts_with("watching pod resources")),
         "{e:?}"
     );
     Ok(())

@@ -60,7 +60,8 @@ async fn a_scheduler_restart_from_its_state_file_neither_loses_nor_doubles_energ
     for (i, n) in devices.into_iter().enumerate() {
         // One stream for the whole test: nothing is confirmed before the restart, so every
         // batch the first scheduler metered is replayed to the second.
-        let setup = AgentSetup::new(&format!("node-{i}"), i as u64 + 10, n).batches_per_stream(10_000);
+        let setup =
+            AgentSetup::new(&format!("node-{i}"), i as u64 + 10, n).batches_per_stream(10_000);
         agents.push(SimAgent::start(setup, first.uri())?);
     }
     const BEFORE: usize = 30;

@@ -39,7 +39,10 @@ fn job(name: &str, workers: u32) -> JobSpec {
     }
 }
 
-async fn register(agents: &mut AgentServiceClient<tonic::transport::Channel>, node: &str) -> anyhow::Result<()> {
+async fn register(
+    agents: &mut AgentServiceClient<tonic::transport::Channel>,
+    node: &str,
+) -> anyhow::Result<()> {
     let devices = (0..8)
         .map(|i| Device {
             uuid: format!("{node}-gpu{i}"),
@@ -52,7 +55,6 @@ async fn register(agents: &mut AgentServiceClient<tonic::transport::Channel>, no
             node: node.into(),
             zone: "GB".into(),
             devices,
-            ..RegisterRequest::default()
         })
         .await?;
     Ok(())
@@ -98,22 +100,34 @@ async fn jobs_are_planned_on_the_nodes_agents_register() -> anyhow::Result<()> {
 
     // No agent yet: no node has a V100.
     let err = operator
-        .submit_job(SubmitJobRequest { job: Some(job("early", 1)) })
+        .submit_job(SubmitJobRequest {
+            job: Some(job("early", 1)),
+        })
         .await
         .expect_err("no nodes");
-    ensure!(err.code() == Code::InvalidArgument && err.message().contains("`accelerator`"), "{err:?}");
+    ensure!(
+        err.code() == Code::InvalidArgument && err.message().contains("`accelerator`"),
+        "{err:?}"
+    );
 
     register(&mut agents, "gpu-node-1").await?;
     let one = operator
-        .submit_job(SubmitJobRequest { job: Some(job("one", 1)) })
+        .submit_job(SubmitJobRequest {
+            job: Some(job("one", 1)),
+        })
         .await?
         .into_inner();
     ensure!(phase(&one) == PlanPhase::Run, "{one:?}");
-    ensure!(one.nodes.len() == 1 && one.nodes[0].node == "gpu-node-1", "{one:?}");
+    ensure!(
+        one.nodes.len() == 1 && one.nodes[0].node == "gpu-node-1",
+        "{one:?}"
+    );
 
     // Two nodes' worth: rejected while one node exists, planned once a second registers.
     let two = operator
-        .submit_job(SubmitJobRequest { job: Some(job("two", 2)) })
+        .submit_job(SubmitJobRequest {
+            job: Some(job("two", 2)),
+        })
         .await?
         .into_inner();
     ensure!(phase(&two) == PlanPhase::Rejected, "{two:?}");

@@ -12,6 +12,8 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 /// Caps, budget and defaults for the TrainingJobs of the selected namespaces.
+// Several printer columns share a type; clippy reads the repeated `type_` as a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
     group = "offpeak.dev",
@@ -21,10 +23,22 @@ use serde::{Deserialize, Serialize};
     category = "offpeak",
     derive = "PartialEq",
     doc = "Energy caps, budget and defaults for the TrainingJobs in the selected namespaces.",
-    printcolumn(name = "Price Cap", type_ = "number", json_path = ".spec.priceCapPerMWh"),
-    printcolumn(name = "Carbon Cap", type_ = "number", json_path = ".spec.carbonCapGPerKWh"),
+    printcolumn(
+        name = "Price Cap",
+        type_ = "number",
+        json_path = ".spec.priceCapPerMWh"
+    ),
+    printcolumn(
+        name = "Carbon Cap",
+        type_ = "number",
+        json_path = ".spec.carbonCapGPerKWh"
+    ),
     printcolumn(name = "Budget", type_ = "number", json_path = ".spec.monthlyBudget"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct EnergyPolicySpec {

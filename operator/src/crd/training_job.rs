@@ -106,11 +106,19 @@ pub struct TrainingJobSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
     /// Highest energy price the job may run at, in the scheduler's currency per MWh.
-    #[serde(default, rename = "priceCapPerMWh", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "priceCapPerMWh",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[x_kube(validation = Rule::new("self >= 0.0").message("priceCapPerMWh must not be negative"))]
     pub price_cap_per_mwh: Option<f64>,
     /// Highest grid carbon intensity the job may run at, in gCO2e/kWh.
-    #[serde(default, rename = "carbonCapGPerKWh", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "carbonCapGPerKWh",
+        skip_serializing_if = "Option::is_none"
+    )]
     #[x_kube(validation = Rule::new("self >= 0.0").message("carbonCapGPerKWh must not be negative"))]
     pub carbon_cap_g_per_kwh: Option<f64>,
     /// Cost centre the job's energy is charged to (a label value).
@@ -178,7 +186,12 @@ impl CheckpointSignal {
 impl TrainingJobSpec {
     /// A minimal spec: the given image, workers and accelerators per worker, `work_hours` of
     /// work, nothing else set. Tests and examples fill in the rest.
-    pub fn new(image: impl Into<String>, workers: u32, gpus_per_worker: u32, work_hours: f64) -> Self {
+    pub fn new(
+        image: impl Into<String>,
+        workers: u32,
+        gpus_per_worker: u32,
+        work_hours: f64,
+    ) -> Self {
         Self {
             image: image.into(),
             command: Vec::new(),

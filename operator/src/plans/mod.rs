@@ -76,8 +76,7 @@ impl PlanCache {
 /// The TrainingJob a scheduler key names, if the key is `namespace/name`.
 pub fn object_ref(key: &str) -> Option<ObjectRef<TrainingJob>> {
     let (namespace, name) = key.split_once('/')?;
-    (!namespace.is_empty() && !name.is_empty())
-        .then(|| ObjectRef::new(name).within(namespace))
+    (!namespace.is_empty() && !name.is_empty()).then(|| ObjectRef::new(name).within(namespace))
 }
 
 #[cfg(test)]

@@ -62,7 +62,9 @@ impl PlanWatch {
                         wait = RECONNECT_MIN;
                     }
                 }
-                Err(status) => warn!(code = ?status.code(), message = status.message(), "plan stream failed"),
+                Err(status) => {
+                    warn!(code = ?status.code(), message = status.message(), "plan stream failed")
+                }
             }
             self.connected.store(false, Ordering::SeqCst);
             tokio::time::sleep(wait).await;

@@ -14,11 +14,7 @@ use crate::status_update::EventSpec;
 use crate::workload;
 
 fn job_name(job: &TrainingJob) -> String {
-    format!(
-        "{}/{}",
-        job.namespace().unwrap_or_default(),
-        job.name_any()
-    )
+    format!("{}/{}", job.namespace().unwrap_or_default(), job.name_any())
 }
 
 fn pods(ctx: &Context, job: &TrainingJob) -> Api<Pod> {
@@ -73,7 +69,8 @@ pub async fn execute(ctx: &Context, job: &TrainingJob, steps: Vec<Step>) -> Resu
             }
             Step::ReleasePod(name) => {
                 // Strategic merge removes only our gate, not gates others may have added.
-                let patch = json!({"spec": {"schedulingGates": [{"name": GANG_GATE, "$patch": "delete"}]}});
+                let patch =
+                    json!({"spec": {"schedulingGates": [{"name": GANG_GATE, "$patch": "delete"}]}});
                 pods(ctx, job)
                     .patch(&name, &PatchParams::default(), &Patch::Strategic(patch))
                     .await
@@ -161,8 +158,12 @@ pub async fn delete_all(ctx: &Context, job: &TrainingJob) -> Result<(), Error> {
         source,
     })?;
     if svc.is_some_and(|s| s.labels().get(crate::crd::LABEL_JOB_UID) == job.uid().as_ref()) {
-        gone(services(ctx, job).delete(&name, &DeleteParams::default()).await)
-            .map_err(|source| Error::DeleteService { name, source })?;
+        gone(
+            services(ctx, job)
+                .delete(&name, &DeleteParams::default())
+                .await,
+        )
+        .map_err(|source| Error::DeleteService { name, source })?;
     }
     Ok(())
 }

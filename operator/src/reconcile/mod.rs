@@ -1,19 +1,22 @@
 //! The `TrainingJob` reconciler: `reconcile(job, ctx)` for the controller, idempotent.
 //!
 //! Layout:
-//! - here: [`reconcile`] (finalizer, then [`apply`] or [`cleanup`]), [`error_policy`]
-//!   (per-job exponential backoff) and [`Error`];
+//! - here: [`reconcile`] (finalizer, then [`apply`] or [`cleanup`]) and [`error_policy`]
+//!   (per-job exponential backoff);
 //! - [`context`]: the shared [`Context`];
+//! - [`error`]: [`Error`], one variant per failed operation;
 //! - [`scheduler`]: SubmitJob, CancelJob, ReportJobState and what their failures mean;
 //! - [`cluster`]: the Kubernetes calls (list pods, carry out steps, status, Events, deletion).
 //!
 //! One apply pass: check the object and resolve its EnergyPolicies ([`crate::submission`]);
-//! submit it when the scheduler has no plan for it or the spec changed; list its pods; [`decide`]; carry the steps out; report a changed job state
-//! to the scheduler; publish an Event on a phase change; patch the status if it changed.
+//! submit it when the scheduler has no plan for it or the spec changed; list its pods;
+//! [`decide`]; carry the steps out; report a changed job state to the scheduler; publish an
+//! Event on a phase change; patch the status if it changed.
 //! Objects that cannot run as written get a condition and wait for an edit: no requeue.
 
 pub mod cluster;
 pub mod context;
+pub mod error;
 pub mod scheduler;
 
 use std::collections::BTreeMap;
@@ -25,10 +28,10 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use offpeak_proto::v1::JobPlan;
-use thiserror::Error;
 use tracing::{info, instrument, warn};
 
 pub use context::{Clock, Context, ContextConfig};
+pub use error::Error;
 
 use crate::crd::{FINALIZER, JobPhase, TrainingJob, TrainingJobStatus};
 use crate::decide::{self, Input};
@@ -36,101 +39,6 @@ use crate::policy::{self, Resolved};
 use crate::status_update::{self as su, ConditionUpdate};
 use crate::submission::{self, InvalidJob, Submission, job_key};
 use scheduler::CallFailure;
-
-/// A failed reconcile; each variant names the operation that failed.
-#[derive(Debug, Error)]
-pub enum Error {
-    #[error("the TrainingJob has no namespace")]
-    MissingNamespace,
-    #[error("namespace {0:?} is not in the operator's cache yet")]
-    NamespaceUnknown(String),
-    #[error("submitting {key} to the scheduler: {source}")]
-    SubmitJob {
-        key: String,
-        #[source]
-        source: tonic::Status,
-    },
-    #[error("cancelling {key} with the scheduler: {source}")]
-    CancelJob {
-        key: String,
-        #[source]
-        source: tonic::Status,
-    },
-    #[error("listing the pods of {job}: {source}")]
-    ListPods {
-        job: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("applying Service {name}: {source}")]
-    ApplyService {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("applying pod {name}: {source}")]
-    ApplyPod {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("releasing pod {name} from the gang gate: {source}")]
-    ReleasePod {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("deleting pod {name}: {source}")]
-    DeletePod {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("deleting the pods of {job}: {source}")]
-    DeletePods {
-        job: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("deleting Service {name}: {source}")]
-    DeleteService {
-        name: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("patching the status of {job}: {source}")]
-    PatchStatus {
-        job: String,
-        #[source]
-        source: kube::Error,
-    },
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-impl Error {
-    /// A short label for metrics.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::MissingNamespace => "missing_namespace",
-            Self::NamespaceUnknown(_) => "namespace_unknown",
-            Self::SubmitJob { .. } => "submit_job",
-            Self::CancelJob { .. } => "cancel_job",
-            Self::ListPods { .. } => "list_pods",
-            Self::ApplyService { .. } => "apply_service",
-            Self::ApplyPod { .. } => "apply_pod",
-            Self::ReleasePod { .. } => "release_pod",
-            Self::DeletePod { .. } | Self::DeletePods { .. } => "delete_pods",
-            Self::DeleteService { .. } => "delete_service",
-            Self::PatchStatus { .. } => "patch_status",
-            Self::Finalizer(e) => match &**e {
-                kube::runtime::finalizer::Error::ApplyFailed(e)
-                | kube::runtime::finalizer::Error::CleanupFailed(e) => e.kind(),
-                _ => "finalizer",
-            },
-        }
-    }
-}
 
 /// Reconciles one TrainingJob: adds the finalizer, then applies the plan or cleans up.
 #[instrument(skip_all, fields(job = %job.name_any(), ns = job.namespace().unwrap_or_default()))]
@@ -177,7 +85,12 @@ struct Pass<'a> {
 impl Pass<'_> {
     fn condition(&mut self, update: ConditionUpdate) {
         let generation = self.job.meta().generation;
-        su::set_condition(&mut self.next.conditions, update, generation, self.ctx.now());
+        su::set_condition(
+            &mut self.next.conditions,
+            update,
+            generation,
+            self.ctx.now(),
+        );
     }
 
     /// Sets the phase (with its conditions) and publishes the Event a change deserves.
@@ -312,9 +225,17 @@ async fn plan_for(pass: &mut Pass<'_>, submission: Submission) -> Result<PlanFor
         Err(CallFailure::Refused(message)) => Ok(PlanFor::Refused(message)),
         Err(CallFailure::Unavailable(source)) => {
             let message = format!("the scheduler could not be reached: {}", source.message());
-            pass.condition(ConditionUpdate::new(su::SUBMITTED, false, "SchedulerUnavailable", message));
+            pass.condition(ConditionUpdate::new(
+                su::SUBMITTED,
+                false,
+                "SchedulerUnavailable",
+                message,
+            ));
             pass.save().await?;
-            Err(Error::SubmitJob { key: pass.key.clone(), source })
+            Err(Error::SubmitJob {
+                key: pass.key.clone(),
+                source,
+            })
         }
     }
 }
@@ -342,14 +263,25 @@ async fn report(pass: &mut Pass<'_>, state: Option<offpeak_proto::v1::JobState>,
     }
     match scheduler::report(pass.ctx, &pass.key, &pass.uid, state, message).await {
         Ok(()) => pass.next.reported_state = Some(name),
-        Err(e) => warn!(key = %pass.key, state = %name, error = %e, "reporting the job state failed; will retry"),
+        Err(e) => {
+            warn!(key = %pass.key, state = %name, error = %e, "reporting the job state failed; will retry")
+        }
     }
 }
 
 /// An object that cannot run as written: condition, Event, no requeue.
 async fn invalid_job(pass: &mut Pass<'_>, invalid: &InvalidJob) -> Result<Action, Error> {
-    pass.condition(ConditionUpdate::new(su::VALID, false, invalid.reason(), invalid.to_string()));
-    let detail = decide::PhaseDetail { phase: JobPhase::Invalid, reason: invalid.reason(), message: invalid.to_string() };
+    pass.condition(ConditionUpdate::new(
+        su::VALID,
+        false,
+        invalid.reason(),
+        invalid.to_string(),
+    ));
+    let detail = decide::PhaseDetail {
+        phase: JobPhase::Invalid,
+        reason: invalid.reason(),
+        message: invalid.to_string(),
+    };
     pass.settle(&detail).await;
     pass.save().await?;
     Ok(Action::await_change())
@@ -358,9 +290,18 @@ async fn invalid_job(pass: &mut Pass<'_>, invalid: &InvalidJob) -> Result<Action
 /// The scheduler refused the job as it is: condition, Event, no requeue.
 async fn refused(pass: &mut Pass<'_>, message: String) -> Result<Action, Error> {
     let message = format!("the scheduler refused the job: {message}");
-    pass.condition(ConditionUpdate::new(su::SUBMITTED, false, "Refused", message.clone()));
+    pass.condition(ConditionUpdate::new(
+        su::SUBMITTED,
+        false,
+        "Refused",
+        message.clone(),
+    ));
     pass.next.plan = None;
-    let detail = decide::PhaseDetail { phase: JobPhase::Rejected, reason: "Refused", message };
+    let detail = decide::PhaseDetail {
+        phase: JobPhase::Rejected,
+        reason: "Refused",
+        message,
+    };
     pass.settle(&detail).await;
     pass.save().await?;
     Ok(Action::await_change())
@@ -372,11 +313,17 @@ pub async fn cleanup(job: &TrainingJob, ctx: &Context) -> Result<Action, Error> 
     let ns = job.namespace().ok_or(Error::MissingNamespace)?;
     let key = job_key(&ns, &job.name_any());
     let uid = job.uid().unwrap_or_default();
-    let submitted = job.status.as_ref().is_some_and(|s| s.submitted_generation.is_some());
+    let submitted = job
+        .status
+        .as_ref()
+        .is_some_and(|s| s.submitted_generation.is_some());
     if submitted || ctx.plans.get(&key, &uid).is_some() {
         scheduler::cancel(ctx, &key, &uid)
             .await
-            .map_err(|source| Error::CancelJob { key: key.clone(), source })?;
+            .map_err(|source| Error::CancelJob {
+                key: key.clone(),
+                source,
+            })?;
     }
     ctx.plans.remove(&key);
     cluster::delete_all(ctx, job).await?;

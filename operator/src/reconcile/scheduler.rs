@@ -51,9 +51,13 @@ pub async fn cancel(ctx: &Context, key: &str, uid: &str) -> Result<(), tonic::St
         key: key.to_string(),
         uid: uid.to_string(),
     };
-    client.cancel_job(request).await.map(|_| ()).inspect_err(|_| {
-        ctx.metrics.scheduler_failure("CancelJob");
-    })
+    client
+        .cancel_job(request)
+        .await
+        .map(|_| ())
+        .inspect_err(|_| {
+            ctx.metrics.scheduler_failure("CancelJob");
+        })
 }
 
 /// Tells the scheduler what the job's pods do.

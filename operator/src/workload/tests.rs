@@ -54,7 +54,13 @@ fn ranks_fill_nodes_in_plan_order() {
 
 #[test]
 fn worker_pod_is_gated_pinned_and_has_the_launcher_environment() {
-    let pod = worker_pod(&job(2, 4), &plan(), 1, "gpu-node-7", &WorkloadSettings::default());
+    let pod = worker_pod(
+        &job(2, 4),
+        &plan(),
+        1,
+        "gpu-node-7",
+        &WorkloadSettings::default(),
+    );
     assert_eq!(pod.metadata.name.as_deref(), Some("bert-worker-1"));
     let spec = pod.spec.as_ref().expect("spec");
     assert_eq!(
@@ -66,12 +72,18 @@ fn worker_pod_is_gated_pinned_and_has_the_launcher_environment() {
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|n| n.required_during_scheduling_ignored_during_execution.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
         .expect("required affinity")
         .node_selector_terms[0];
     let field = &term.match_fields.as_ref().expect("fields")[0];
     assert_eq!(field.key, "metadata.name");
-    assert_eq!(field.values.as_deref(), Some(&["gpu-node-7".to_string()][..]));
+    assert_eq!(
+        field.values.as_deref(),
+        Some(&["gpu-node-7".to_string()][..])
+    );
     assert_eq!(spec.hostname.as_deref(), Some("bert-worker-1"));
     assert_eq!(spec.subdomain.as_deref(), Some("bert"));
     assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
@@ -81,7 +93,10 @@ fn worker_pod_is_gated_pinned_and_has_the_launcher_environment() {
     for name in crate::LAUNCHER_ENV {
         assert!(env.contains_key(name), "{name} missing");
     }
-    assert_eq!(env["MASTER_ADDR"], "bert-worker-0.bert.ml.svc.cluster.local");
+    assert_eq!(
+        env["MASTER_ADDR"],
+        "bert-worker-0.bert.ml.svc.cluster.local"
+    );
     assert_eq!(env["MASTER_PORT"], "29500");
     assert_eq!(env["WORLD_SIZE"], "2");
     assert_eq!(env["RANK"], "1");
@@ -97,7 +112,10 @@ fn worker_pod_is_gated_pinned_and_has_the_launcher_environment() {
     assert_eq!(labels[LABEL_JOB_UID], "uid-1");
     assert_eq!(labels[crate::crd::LABEL_TEAM], "nlp");
     let owner = &pod.metadata.owner_references.as_ref().expect("owner")[0];
-    assert_eq!((owner.kind.as_str(), owner.controller), ("TrainingJob", Some(true)));
+    assert_eq!(
+        (owner.kind.as_str(), owner.controller),
+        ("TrainingJob", Some(true))
+    );
 
     let limits = spec.containers[0]
         .resources
@@ -105,7 +123,10 @@ fn worker_pod_is_gated_pinned_and_has_the_launcher_environment() {
         .and_then(|r| r.limits.as_ref())
         .expect("limits");
     assert_eq!(limits["nvidia.com/gpu"], Quantity("4".into()));
-    assert!(spec.containers[0].lifecycle.is_none(), "SIGTERM needs no hook");
+    assert!(
+        spec.containers[0].lifecycle.is_none(),
+        "SIGTERM needs no hook"
+    );
 }
 
 #[test]
@@ -141,8 +162,14 @@ fn user_requests_get_the_accelerators_too() {
         .resources
         .clone()
         .expect("resources");
-    assert_eq!(r.requests.expect("requests")["nvidia.com/gpu"], Quantity("2".into()));
-    assert_eq!(r.limits.expect("limits")["nvidia.com/gpu"], Quantity("2".into()));
+    assert_eq!(
+        r.requests.expect("requests")["nvidia.com/gpu"],
+        Quantity("2".into())
+    );
+    assert_eq!(
+        r.limits.expect("limits")["nvidia.com/gpu"],
+        Quantity("2".into())
+    );
 }
 
 #[test]

@@ -144,7 +144,9 @@ pub fn pod(job: &TrainingJob, plan: &JobPlan, rank: u32, phase: &str, gated: boo
 }
 
 /// The answer to a status apply: the job with the applied status.
-pub fn with_applied_status(job: &TrainingJob) -> impl FnOnce(&serde_json::Value) -> serde_json::Value + Send + 'static {
+pub fn with_applied_status(
+    job: &TrainingJob,
+) -> impl FnOnce(&serde_json::Value) -> serde_json::Value + Send + 'static {
     let mut object = serde_json::to_value(job).expect("json");
     move |body| {
         object["status"] = body["status"].clone();

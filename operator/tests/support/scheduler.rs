@@ -83,6 +83,24 @@ impl Scheduler {
         }
     }
 
+    /// Submits `job` directly, as an earlier reconcile would have; returns the plan.
+    pub async fn submit(
+        &self,
+        job: &offpeak_operator::crd::TrainingJob,
+    ) -> offpeak_proto::v1::JobPlan {
+        let resolved = offpeak_operator::policy::resolve(&job.spec, &[]);
+        let submission =
+            offpeak_operator::submission::build(job, &resolved, self.clock.now(), true)
+                .expect("a valid job");
+        super::fixtures::placement(&self.address)
+            .submit_job(offpeak_proto::v1::SubmitJobRequest {
+                job: Some(submission.spec),
+            })
+            .await
+            .expect("submitted")
+            .into_inner()
+    }
+
     /// The operator's clock, reading the scheduler's.
     pub fn operator_clock(&self) -> Clock {
         let clock = self.clock.clone();

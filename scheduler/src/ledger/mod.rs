@@ -32,8 +32,8 @@
 //! mapping; [`UNASSIGNED`] without one) and the tariff period its price came from ([`SPOT`]
 //! for market prices, which is all a scenario's signals are).
 //!
-//! Not here yet: records from the agents' counter deltas, and named periods of tariff-priced
-//! zones (the column is there; the simulator's zones are priced at spot).
+//! Not here yet: records from the agents' counter deltas (which will name their zone's tariff
+//! period with [`tariff_period`]); a scenario's zones are priced at spot.
 
 pub mod postgres;
 pub mod record;
@@ -42,6 +42,7 @@ pub mod store;
 
 use std::collections::BTreeMap;
 
+use chrono::{DateTime, Utc};
 use thiserror::Error;
 
 pub use postgres::PostgresLedger;
@@ -51,6 +52,7 @@ pub use store::{Appended, Batch, LedgerLocation, LedgerStore};
 
 use crate::planner::context::slots_needed;
 use crate::scenario::{Job, Scenario, Zone};
+use crate::signals::tariff::Tariff;
 use crate::sim::{Outcome, Replay};
 use crate::units::Slot;
 
@@ -122,6 +124,16 @@ impl Allocation {
     }
 }
 
+/// The tariff period a record starting at `start` names: the tariff's period then (`peak`,
+/// `off-peak`, ...), or [`SPOT`] where the zone is priced at a market price (no tariff) or the
+/// tariff is not in effect then.
+pub fn tariff_period(tariff: Option<&Tariff>, start: DateTime<Utc>) -> String {
+    tariff
+        .and_then(|t| t.period_name_at(start))
+        .unwrap_or(SPOT)
+        .to_string()
+}
+
 /// The source name of a simulator replay's records.
 pub fn replay_source(sc: &Scenario, replay: &Replay) -> String {
     format!("sim/{}/{}", sc.name, replay.policy)
@@ -188,7 +200,7 @@ impl RecordContext<'_> {
             job: job.id.clone(),
             zone: zone.name.clone(),
             // A scenario's zones are priced by their market signal, not a tariff.
-            tariff_period: SPOT.to_owned(),
+            tariff_period: tariff_period(None, sc.grid.instant(s)),
             start: sc.grid.instant(s),
             end: sc.grid.instant(s + 1),
             gpus: job.gpus,
@@ -288,4 +300,37 @@ pub fn write_replay(
         counterfactual: &counterfactual,
         records: &records,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_names_its_tariffs_period_or_spot() {
+        let tariff = crate::signals::tariff::handwritten::parse(
+            br#"tariff:
+  name: test
+  currency: USD
+  time_zone: America/Los_Angeles
+  unit: per_kwh
+  periods:
+    - {name: peak, rate: 0.40, hours: ["16:00-21:00"]}
+    - {name: off-peak, rate: 0.20}
+"#,
+            "test.yaml",
+        )
+        .expect("tariff");
+        // 17:00 in Los Angeles (PDT, UTC-7) is peak; 03:00 is off-peak.
+        let at = |s: &str| s.parse::<DateTime<Utc>>().expect("time");
+        assert_eq!(
+            tariff_period(Some(&tariff), at("2024-07-02T00:00:00Z")),
+            "peak"
+        );
+        assert_eq!(
+            tariff_period(Some(&tariff), at("2024-07-02T10:00:00Z")),
+            "off-peak"
+        );
+        assert_eq!(tariff_period(None, at("2024-07-02T00:00:00Z")), SPOT);
+    }
 }

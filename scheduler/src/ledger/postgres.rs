@@ -88,7 +88,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
 
 /// The advisory lock key migrations hold, so that two processes opening a new ledger at once
 /// apply each migration once ("offpeak" in ASCII, any constant would do).
-const MIGRATION_LOCK: i64 = 0x6f66_6670_6561_6b;
+const MIGRATION_LOCK: i64 = 0x006f_6666_7065_616b;
 
 /// Rows per multi-row `INSERT`: one statement per thousand rows keeps a replay's append to a
 /// few round trips, and 1,000 × 21 parameters stays far below PostgreSQL's 65,535.
@@ -142,9 +142,11 @@ impl PostgresLedger {
 }
 
 fn migrate(client: &mut Client) -> Result<(), LedgerError> {
-    let err = |version| move |source: postgres::Error| LedgerError::Migrate {
-        version,
-        source: source.into(),
+    let err = |version| {
+        move |source: postgres::Error| LedgerError::Migrate {
+            version,
+            source: source.into(),
+        }
     };
     let mut tx = client.transaction().map_err(err(0))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])

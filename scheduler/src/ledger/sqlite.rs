@@ -145,9 +145,11 @@ impl SqliteLedger {
 }
 
 fn migrate(conn: &mut Connection) -> Result<(), LedgerError> {
-    let err = |version| move |source: rusqlite::Error| LedgerError::Migrate {
-        version,
-        source: source.into(),
+    let err = |version| {
+        move |source: rusqlite::Error| LedgerError::Migrate {
+            version,
+            source: source.into(),
+        }
     };
     // IMMEDIATE takes the write lock first, so two processes opening a new ledger at once
     // apply each migration once.

@@ -207,7 +207,9 @@ mod tests {
         let upper: LedgerLocation = "PostgreSQL://h/db".parse().expect("infallible");
         assert!(matches!(upper, LedgerLocation::Postgres(_)));
         assert_eq!(upper.to_string(), "PostgreSQL://h/db");
-        let file: LedgerLocation = "/var/lib/offpeak/ledger.sqlite".parse().expect("infallible");
+        let file: LedgerLocation = "/var/lib/offpeak/ledger.sqlite"
+            .parse()
+            .expect("infallible");
         assert_eq!(
             file.path(),
             Some(Path::new("/var/lib/offpeak/ledger.sqlite"))

@@ -107,9 +107,6 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!sleeper.is_finished());
         handle.advance(Duration::minutes(10));
-        assert_eq!(
-            sleeper.await.expect("sleeper"),
-            t0 + Duration::minutes(20)
-        );
+        assert_eq!(sleeper.await.expect("sleeper"), t0 + Duration::minutes(20));
     }
 }

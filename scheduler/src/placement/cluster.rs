@@ -67,7 +67,10 @@ impl ProfileSource for MeasuredFirst {
 }
 
 /// Layers the agents' curves over `configured`.
-pub fn measured_first(curves: CurveStore, configured: Arc<dyn ProfileSource>) -> Arc<dyn ProfileSource> {
+pub fn measured_first(
+    curves: CurveStore,
+    configured: Arc<dyn ProfileSource>,
+) -> Arc<dyn ProfileSource> {
     Arc::new(MeasuredFirst { curves, configured })
 }
 
@@ -194,7 +197,11 @@ mod tests {
 
     #[test]
     fn the_default_profile_is_the_first_of_its_accelerator() {
-        let ps = vec![profile("v100/zeta"), profile("a100/x"), profile("V100/alpha")];
+        let ps = vec![
+            profile("v100/zeta"),
+            profile("a100/x"),
+            profile("V100/alpha"),
+        ];
         assert_eq!(default_profile(&ps, "v100"), Some(2));
         assert_eq!(default_profile(&ps, "h100"), None);
         assert_eq!(profile_accelerator(&ps[2]).as_deref(), Some("v100"));

@@ -115,12 +115,19 @@ pub fn parse(
     let dir = path.parent().unwrap_or(Path::new("."));
     let settings = settings(&y, &raw)?;
     let profiles = load_profiles(&y, &raw.profiles)?;
-    let chains = raw.signals_config.as_ref().map(|p| dir.join(p.value.trim()));
+    let chains = raw
+        .signals_config
+        .as_ref()
+        .map(|p| dir.join(p.value.trim()));
     let (defs, accelerators, nodes) = load_zones(&y, &raw.zones, chains.is_none())?;
     let signals = match chains {
         Some(p) => SignalFeed::Chains(signals_config::load(&p)?),
         None => {
-            let ahead = positive_hours(&y, raw.csv_publish_ahead_hours.as_ref(), "csv_publish_ahead_hours")?;
+            let ahead = positive_hours(
+                &y,
+                raw.csv_publish_ahead_hours.as_ref(),
+                "csv_publish_ahead_hours",
+            )?;
             let mut feed = TableFeed::new(ahead.map(hours));
             for (name, _, csv) in &defs {
                 let csv = dir.join(csv.as_deref().unwrap_or_default());
@@ -213,7 +220,11 @@ fn settings(y: &YamlCtx<'_>, raw: &RawPlacement) -> Result<Settings, ScenarioErr
     }
     if let Some(v) = &raw.carbon_price_per_tonne {
         if !v.value.is_finite() {
-            return Err(y.field(v, "carbon_price_per_tonne", "must be a finite number".into()));
+            return Err(y.field(
+                v,
+                "carbon_price_per_tonne",
+                "must be a finite number".into(),
+            ));
         }
         s.carbon_price = MoneyPerTonne(v.value);
     }
@@ -273,25 +284,45 @@ mod tests {
         assert_eq!(cfg.nodes.len(), 2);
         assert_eq!(cfg.nodes[1].name, "A-V100-1");
         assert_eq!(cfg.nodes[1].accelerator, "v100");
-        assert!(matches!(&cfg.signals, SignalFeed::Table(t) if t.publish_ahead() == Some(Duration::hours(24))));
+        assert!(
+            matches!(&cfg.signals, SignalFeed::Table(t) if t.publish_ahead() == Some(Duration::hours(24)))
+        );
     }
 
     #[test]
     fn bad_files_name_the_line_and_field() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cases = [
-            (GOOD.replace("slot_minutes: 30", "slot_minutes: 7"), "slot_minutes"),
+            (
+                GOOD.replace("slot_minutes: 30", "slot_minutes: 7"),
+                "slot_minutes",
+            ),
             (GOOD.replace("pue: 1.2", "pue: 0.5"), "zones[0].pue"),
-            (GOOD.replace("      signals: A.csv\n", ""), "zones[0].signals"),
-            (GOOD.replace("placement:\n", "placement:\n  policy: fastest\n"), "policy"),
-            (GOOD.replace("csv_publish_ahead_hours: 24", "csv_publish_ahead_hours: -1"), "csv_publish_ahead_hours"),
+            (
+                GOOD.replace("      signals: A.csv\n", ""),
+                "zones[0].signals",
+            ),
+            (
+                GOOD.replace("placement:\n", "placement:\n  policy: fastest\n"),
+                "policy",
+            ),
+            (
+                GOOD.replace("csv_publish_ahead_hours: 24", "csv_publish_ahead_hours: -1"),
+                "csv_publish_ahead_hours",
+            ),
         ];
         for (yaml, field) in cases {
             let err = load(&write(dir.path(), &yaml), clock(), None).expect_err(field);
             let msg = err.to_string();
-            assert!(msg.contains(&format!("`{field}`")) && msg.contains("line"), "{field}: {msg}");
+            assert!(
+                msg.contains(&format!("`{field}`")) && msg.contains("line"),
+                "{field}: {msg}"
+            );
         }
-        let unknown = GOOD.replace("  slot_minutes: 30\n", "  slot_minutes: 30\n  colour: red\n");
+        let unknown = GOOD.replace(
+            "  slot_minutes: 30\n",
+            "  slot_minutes: 30\n  colour: red\n",
+        );
         let err = load(&write(dir.path(), &unknown), clock(), None).expect_err("unknown key");
         assert!(err.to_string().contains("colour"), "{err}");
     }

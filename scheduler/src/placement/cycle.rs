@@ -157,7 +157,7 @@ impl Placement {
         let key = spec.key.clone();
         let submitted = self.state().submit(spec, request.submit_unix_s != 0, now)?;
         if let Submitted::Unchanged(plan) = submitted {
-            return Ok(plan);
+            return Ok(*plan);
         }
         self.replan().await?;
         self.plan(&key)
@@ -275,7 +275,9 @@ impl PlanWatch {
     }
 
     /// As a `Stream`.
-    pub fn into_stream(self) -> tokio_stream::wrappers::ReceiverStream<Result<PlanView, PlacementError>> {
+    pub fn into_stream(
+        self,
+    ) -> tokio_stream::wrappers::ReceiverStream<Result<PlanView, PlacementError>> {
         tokio_stream::wrappers::ReceiverStream::new(self.rx)
     }
 }
@@ -327,7 +329,8 @@ impl Cycle {
             start: at - s.slot() * history as i32,
             minutes: s.slot_minutes,
         };
-        let fetch_slots = history + (s.max_horizon.num_minutes() / i64::from(s.slot_minutes)) as Slot;
+        let fetch_slots =
+            history + (s.max_horizon.num_minutes() / i64::from(s.slot_minutes)) as Slot;
         let signals = self.signals(wall, grid, fetch_slots).await;
         let nodes = cluster::current_nodes(&inner.static_nodes, &inner.registry);
         let profiles = inner.profiles.profiles();
@@ -376,7 +379,12 @@ impl Cycle {
     /// The zones' signals for this cycle. Provider chains are asked at most once per wall
     /// slot (their answers are cut to the new grid in between); fixed rows every time, as what
     /// counts as known moves with the clock.
-    async fn signals(&mut self, wall: DateTime<Utc>, grid: SlotGrid, n: Slot) -> BTreeMap<String, Known> {
+    async fn signals(
+        &mut self,
+        wall: DateTime<Utc>,
+        grid: SlotGrid,
+        n: Slot,
+    ) -> BTreeMap<String, Known> {
         if matches!(self.feed, LiveFeed::Table(_)) {
             return self.feed.fetch(wall, grid, n).await;
         }

@@ -105,7 +105,12 @@ impl LiveFeed {
             LiveFeed::Table(t) => t
                 .zones
                 .iter()
-                .map(|(z, rows)| (z.clone(), from_rows(z, rows, t.publish_ahead, now, grid, n_slots)))
+                .map(|(z, rows)| {
+                    (
+                        z.clone(),
+                        from_rows(z, rows, t.publish_ahead, now, grid, n_slots),
+                    )
+                })
                 .collect(),
             LiveFeed::Chains(chains) => {
                 let window = Window {
@@ -149,7 +154,7 @@ impl LiveFeed {
 /// ended before `now` (stale, or a last good series), the chain's seasonal estimate up to
 /// `now`, so that the planner has a recent past to estimate the future from. Gaps are filled
 /// from the value before (the first value for a leading gap). Also returns how many slots
-/// were filled.
+/// inside the data were filled.
 fn known_values<U: SignalUnit>(m: &Merged<U>, now: DateTime<Utc>) -> (Vec<f64>, usize) {
     let usable = |s: &crate::signals::chain::Slot<U>| match s.origin {
         Origin::Missing => None,
@@ -164,13 +169,19 @@ fn known_values<U: SignalUnit>(m: &Merged<U>, now: DateTime<Utc>) -> (Vec<f64>, 
         .find_map(usable)
         .map_or(0.0, U::to_f64);
     let mut prev = first;
+    let mut seen = false;
     let mut filled = 0;
     let values = m.slots[..=last]
         .iter()
         .map(|s| {
             match usable(s) {
-                Some(v) => prev = v.to_f64(),
-                None => filled += 1,
+                Some(v) => {
+                    prev = v.to_f64();
+                    seen = true;
+                }
+                // Before the data starts is only history the provider does not serve.
+                None if seen => filled += 1,
+                None => {}
             }
             prev
         })
@@ -202,7 +213,9 @@ fn from_rows(
         let at = if t < rows.start() { rows.start() } else { t };
         let (p, c) = match rows.at(at) {
             Some((p, c)) => (p.0, c.0),
-            None if t < now => tail.get_or_insert_with(|| Tail::new(rows, grid.minutes)).at(t),
+            None if t < now => tail
+                .get_or_insert_with(|| Tail::new(rows, grid.minutes))
+                .at(t),
             None => break,
         };
         price.push(PricePerMwh(p));
@@ -240,7 +253,8 @@ impl Tail {
         // On the slot grid counted from the epoch, so that times of day line up.
         let s = slot.num_seconds().max(1);
         let ts = start.timestamp();
-        let from = DateTime::<Utc>::from_timestamp(ts + (s - ts.rem_euclid(s)) % s, 0).unwrap_or(start);
+        let from =
+            DateTime::<Utc>::from_timestamp(ts + (s - ts.rem_euclid(s)) % s, 0).unwrap_or(start);
         let (mut price, mut carbon) = (Vec::new(), Vec::new());
         let mut t = from;
         while let Some((p, c)) = rows.at(t) {
@@ -302,7 +316,11 @@ mod tests {
         // rows ending before now degrade the zone, and are carried on to now by the estimate
         // of their last days (hour h of the day: the mean of h and h + 24)
         let k = from_rows("A", &rows, None, t("2024-01-03T05:00:00Z"), grid, 200);
-        assert!(k.degraded.as_deref().is_some_and(|d| d.contains("end at 2024-01-03T00:00Z")));
+        assert!(
+            k.degraded
+                .as_deref()
+                .is_some_and(|d| d.contains("end at 2024-01-03T00:00Z"))
+        );
         assert_eq!(k.price.len(), 106);
         assert_eq!(k.price[104], PricePerMwh(16.0));
     }

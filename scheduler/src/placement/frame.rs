@@ -142,8 +142,7 @@ impl Frame {
             })
             .collect();
         let mut accelerators: Vec<String> = Vec::new();
-        let acc_index = |a: &str, accs: &mut Vec<String>| match accs.iter().position(|x| x == a)
-        {
+        let acc_index = |a: &str, accs: &mut Vec<String>| match accs.iter().position(|x| x == a) {
             Some(i) => i,
             None => {
                 accs.push(a.to_owned());
@@ -226,7 +225,10 @@ impl Frame {
         let accelerator = match (&spec.accelerator, named) {
             (Some(a), _) => a.clone(),
             (None, Some(p)) => profile_accelerator(&self.profiles[p]).ok_or_else(|| {
-                format!("the profile `{}` names no accelerator", self.profiles[p].name)
+                format!(
+                    "the profile `{}` names no accelerator",
+                    self.profiles[p].name
+                )
             })?,
             (None, None) => self
                 .roomiest_accelerator()
@@ -261,7 +263,12 @@ impl Frame {
             deadline: self.grid.last_boundary_at_or_before(spec.deadline),
             preemptible: spec.preemptible,
             price_cap: spec.price_cap,
-            work_left: progress::work_left(spec.work, s.checkpoint_overhead, job.runs_done, job.done),
+            work_left: progress::work_left(
+                spec.work,
+                s.checkpoint_overhead,
+                job.runs_done,
+                job.done,
+            ),
             runs_done: job.runs_done as u32,
         })
     }
@@ -271,7 +278,9 @@ impl Frame {
     fn roomiest_accelerator(&self) -> Option<String> {
         let mut gpus: BTreeMap<&str, u32> = BTreeMap::new();
         for n in &self.nodes {
-            *gpus.entry(self.accelerators[n.accelerator].as_str()).or_default() += n.gpus;
+            *gpus
+                .entry(self.accelerators[n.accelerator].as_str())
+                .or_default() += n.gpus;
         }
         gpus.into_iter()
             .filter(|(a, _)| default_profile(&self.profiles, a).is_some())
@@ -320,7 +329,14 @@ impl Frame {
     /// Energy cost and emissions of `gpus` GPUs drawing `draw` each over slots `a..b` of zone
     /// `z` (PUE applied; estimated values past what is known), and whether any slot of it is
     /// past what is known.
-    pub fn window(&self, z: usize, gpus: u32, draw: Watts, a: Slot, b: Slot) -> (Money, KgCo2e, bool) {
+    pub fn window(
+        &self,
+        z: usize,
+        gpus: u32,
+        draw: Watts,
+        a: Slot,
+        b: Slot,
+    ) -> (Money, KgCo2e, bool) {
         let zone = &self.zones[z];
         let b = b.min(self.end) as usize;
         let a = (a as usize).min(b);
@@ -331,7 +347,11 @@ impl Frame {
             cost += kwh * PricePerMwh(zone.extended_price[s]);
             carbon += kwh * GramsPerKwh(zone.extended_carbon[s]);
         }
-        (cost, carbon, a < b && b > zone.price.len().min(zone.carbon.len()))
+        (
+            cost,
+            carbon,
+            a < b && b > zone.price.len().min(zone.carbon.len()),
+        )
     }
 
     /// The end of what is known of zone `z`'s signals.
@@ -349,7 +369,13 @@ impl Frame {
 
 /// The frame's end: the horizon, or further where a queued job's deadline and length need it,
 /// but never past the longest horizon the signals were fetched for.
-fn extent(settings: &Settings, grid: &SlotGrid, now: Slot, jobs: &[FrameJob], profiles: &[Profile]) -> Slot {
+fn extent(
+    settings: &Settings,
+    grid: &SlotGrid,
+    now: Slot,
+    jobs: &[FrameJob],
+    profiles: &[Profile],
+) -> Slot {
     let per_slot = i64::from(grid.minutes);
     let slots = |d: chrono::Duration| (d.num_minutes() / per_slot).max(1) as Slot;
     let slowest = profiles
@@ -359,10 +385,14 @@ fn extent(settings: &Settings, grid: &SlotGrid, now: Slot, jobs: &[FrameJob], pr
     let needed = jobs
         .iter()
         .map(|j| {
-            let dl = grid.last_boundary_at_or_before(j.spec.deadline).saturating_sub(now);
+            let dl = grid
+                .last_boundary_at_or_before(j.spec.deadline)
+                .saturating_sub(now);
             dl + slots_needed(j.spec.work.0, slowest, grid.slot_hours().0) as Slot
         })
         .max()
         .unwrap_or(0);
-    now + needed.max(slots(settings.horizon)).min(slots(settings.max_horizon))
+    now + needed
+        .max(slots(settings.horizon))
+        .min(slots(settings.max_horizon))
 }

@@ -6,9 +6,8 @@ use std::pin::Pin;
 
 use offpeak_proto::v1::placement_service_server::{PlacementService, PlacementServiceServer};
 use offpeak_proto::v1::{
-    CancelJobRequest, CancelJobResponse, GetPlanRequest, JobPlan, JobSpec as WireSpec,
-    JobState, JobStateAck, JobStateReport, NodeAssignment, PlanPhase, SubmitJobRequest,
-    WatchPlansRequest,
+    CancelJobRequest, CancelJobResponse, GetPlanRequest, JobPlan, JobSpec as WireSpec, JobState,
+    JobStateAck, JobStateReport, NodeAssignment, PlanPhase, SubmitJobRequest, WatchPlansRequest,
 };
 use tokio_stream::{Stream, StreamExt as _};
 use tonic::{Request, Response, Status};
@@ -107,9 +106,13 @@ impl PlacementService for PlacementServiceImpl {
         };
         let span = tracing::info_span!("submit_job", key = %spec.key, uid = %spec.uid);
         async move {
-            let plan = self.placement.submit(job_request(spec)).await.inspect_err(|e| {
-                tracing::info!(error = %e, "submission refused");
-            });
+            let plan = self
+                .placement
+                .submit(job_request(spec))
+                .await
+                .inspect_err(|e| {
+                    tracing::info!(error = %e, "submission refused");
+                });
             Ok(Response::new(job_plan(plan.map_err(status)?)))
         }
         .instrument(span)
@@ -123,14 +126,21 @@ impl PlacementService for PlacementServiceImpl {
         let r = request.into_inner();
         let span = tracing::info_span!("cancel_job", key = %r.key, uid = %r.uid);
         async move {
-            let known = self.placement.cancel(&r.key, &r.uid).await.map_err(status)?;
+            let known = self
+                .placement
+                .cancel(&r.key, &r.uid)
+                .await
+                .map_err(status)?;
             Ok(Response::new(CancelJobResponse { known }))
         }
         .instrument(span)
         .await
     }
 
-    async fn get_plan(&self, request: Request<GetPlanRequest>) -> Result<Response<JobPlan>, Status> {
+    async fn get_plan(
+        &self,
+        request: Request<GetPlanRequest>,
+    ) -> Result<Response<JobPlan>, Status> {
         let key = request.into_inner().key;
         let plan = self.placement.plan(&key).map_err(status)?;
         Ok(Response::new(job_plan(plan)))

@@ -10,8 +10,9 @@
 //! - [`feed`]: the zones' signals as known now, from provider chains or CSV rows;
 //! - [`frame`]: one planning instant, owned, lending the policy its [`Snapshot`];
 //! - [`state`]: the jobs, their committed runs and their plans; applying a policy's
-//!   plan (runs that start are committed and never moved) and estimating cost, carbon and
-//!   saving;
+//!   plan (runs that start are committed and never moved);
+//! - `view`: a job's plan as published: phase, next run, reason, estimates of cost, carbon
+//!   and saving, degraded signals;
 //! - [`store`]: committed runs and revisions on SQLite;
 //! - [`cycle`]: [`Placement`], the shared handle (submit, cancel, get, watch, report), and
 //!   the task that re-plans at every slot boundary and, debounced, after every change;
@@ -30,6 +31,7 @@ pub mod grpc;
 pub mod spec;
 pub mod state;
 pub mod store;
+mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,9 +45,9 @@ pub use cycle::{Cycle, Placement, PlanWatch};
 pub use feed::{SignalFeed, TableFeed};
 pub use spec::{JobRequest, JobSpec};
 
-pub use crate::scenario::SignalRows;
 use crate::planner::PolicyKind;
 use crate::scenario::Profile;
+pub use crate::scenario::SignalRows;
 use crate::units::{Hours, KgCo2e, Money, MoneyPerTonne, Watts};
 
 /// How the live cycle plans: what a scenario's `scenario.yaml` says for a replay.
@@ -81,18 +83,28 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Self {
+            // Day-ahead markets settle in 15-minute products (EPEX since 2025).
             slot_minutes: 15,
+            // A week covers the deadlines of nearly all training jobs; longer ones extend it.
             horizon: Duration::days(7),
+            // A month: beyond it the seasonal estimate says little and the plan's arrays grow.
             max_horizon: Duration::days(31),
+            // What the planner's seasonal estimate reads.
             history: Duration::days(crate::planner::forecast::SEASONAL_DAYS as i64),
+            // Day-ahead prices are published for the next day.
             lookahead: Duration::hours(24),
             checkpoint_overhead: Hours(0.0),
             carbon_price: MoneyPerTonne(0.0),
             currency: "USD".to_owned(),
             policy: PolicyKind::Offpeak,
+            // The operator re-submits every job after a restart in one burst: a few tens of
+            // milliseconds gathers it into one plan, and no caller notices the wait.
             debounce: std::time::Duration::from_millis(50),
+            // Starting a minute late is better than waiting a whole slot.
             start_grace: Duration::seconds(60),
+            // Long enough for the operator to read the final plan, even after a restart.
             done_retention: Duration::hours(24),
+            // Far more than one cycle's changes for a watcher reading normally.
             watch_buffer: 1024,
         }
     }

@@ -126,15 +126,13 @@ impl JobRequest {
         }
         let submit = match self.submit_unix_s {
             0 => now,
-            s => instant(s).ok_or_else(|| {
-                bad("submit_unix_s", format!("{s} is not a time after 1970"))
-            })?,
+            s => instant(s)
+                .ok_or_else(|| bad("submit_unix_s", format!("{s} is not a time after 1970")))?,
         };
         let deadline = match self.deadline_unix_s {
             0 => return Err(bad("deadline_unix_s", "is required".into())),
-            s => instant(s).ok_or_else(|| {
-                bad("deadline_unix_s", format!("{s} is not a time after 1970"))
-            })?,
+            s => instant(s)
+                .ok_or_else(|| bad("deadline_unix_s", format!("{s} is not a time after 1970")))?,
         };
         if deadline <= submit {
             return Err(bad(
@@ -299,7 +297,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut JobRequest)>)> = vec![
+        type Edit = Box<dyn Fn(&mut JobRequest)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("key", Box::new(|r| r.key = "train".into())),
             ("uid", Box::new(|r| r.uid.clear())),
             ("workers", Box::new(|r| r.workers = 0)),
@@ -312,7 +311,10 @@ mod tests {
                 "deadline_unix_s",
                 Box::new(|r| r.deadline_unix_s = r.submit_unix_s - 1),
             ),
-            ("price_cap_per_mwh", Box::new(|r| r.price_cap_per_mwh = Some(-1.0))),
+            (
+                "price_cap_per_mwh",
+                Box::new(|r| r.price_cap_per_mwh = Some(-1.0)),
+            ),
             (
                 "carbon_cap_g_per_kwh",
                 Box::new(|r| r.carbon_cap_g_per_kwh = Some(-5.0)),

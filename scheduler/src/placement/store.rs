@@ -152,10 +152,11 @@ impl Store {
         let write = PlacementError::WriteStore;
         let tx = self.conn.transaction().map_err(write)?;
         for r in runs {
-            let nodes = serde_json::to_string(&r.nodes).map_err(|e| PlacementError::CorruptStore {
-                key: r.key.clone(),
-                reason: format!("nodes: {e}"),
-            })?;
+            let nodes =
+                serde_json::to_string(&r.nodes).map_err(|e| PlacementError::CorruptStore {
+                    key: r.key.clone(),
+                    reason: format!("nodes: {e}"),
+                })?;
             tx.execute(
                 "INSERT INTO placement_runs (job_key, uid, seq, start_unix_s, end_unix_s, zone, \
                  nodes_json, power_limit_watts, work_done_hours) \
@@ -232,7 +233,8 @@ mod tests {
     }
 
     #[test]
-    fn runs_and_revisions_survive_reopening_and_updates_keep_the_start() -> Result<(), PlacementError> {
+    fn runs_and_revisions_survive_reopening_and_updates_keep_the_start()
+    -> Result<(), PlacementError> {
         let dir = tempfile::tempdir().map_err(|e| PlacementError::CorruptStore {
             key: String::new(),
             reason: e.to_string(),

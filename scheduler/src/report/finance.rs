@@ -217,15 +217,33 @@ mod tests {
     }
 
     #[test]
+    fn the_example_finance_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/finance.yaml");
+        let f = load(&path).expect("examples/finance.yaml");
+        assert_eq!(f.allocation.owner("batch"), ("ml-platform", "CC-2010"));
+        assert_eq!(f.budgets.len(), 3);
+        assert!(f.budgets.iter().all(|b| b.currency == "USD"));
+    }
+
+    #[test]
     fn each_class_of_bad_file_names_what_is_wrong() {
         for (text, needle) in [
             ("namespaces:\n  a: {team: t}\n", "cost_centre"),
             ("namspaces: {}\n", "namspaces"),
-            ("currency: USD\nbudgets:\n  namespaces: {a: -1}\n", "budgets.namespaces.a"),
+            (
+                "currency: USD\nbudgets:\n  namespaces: {a: -1}\n",
+                "budgets.namespaces.a",
+            ),
             ("budgets:\n  teams: {a: 1}\n", "currency"),
             ("currency: dollars\n", "ISO 4217"),
-            ("namespaces:\n  a: {team: '', cost_centre: x}\n", "namespaces.a.team"),
-            ("currency: USD\nbudgets:\n  teams: {a: lots}\n", "finance.yaml"),
+            (
+                "namespaces:\n  a: {team: '', cost_centre: x}\n",
+                "namespaces.a.team",
+            ),
+            (
+                "currency: USD\nbudgets:\n  teams: {a: lots}\n",
+                "finance.yaml",
+            ),
         ] {
             let e = parse_str(text).expect_err(text);
             let msg = e.to_string();

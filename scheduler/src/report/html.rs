@@ -154,7 +154,10 @@ fn bar_chart(
         let h = plot_h * v.abs() / span;
         let y = if *v >= 0.0 { zero_y - h } else { zero_y };
         let x = MARGIN + step * i as f64 + step * 0.1;
-        let colour = colours.get(i % colours.len().max(1)).copied().unwrap_or("#2f6fb0");
+        let colour = colours
+            .get(i % colours.len().max(1))
+            .copied()
+            .unwrap_or("#2f6fb0");
         let fill = if *v < 0.0 { "#1a7f37" } else { colour };
         let _ = write!(
             s,
@@ -232,7 +235,13 @@ pub fn page(r: &MonthlyReport) -> String {
             .collect()
     };
     out.push_str("<section><h2>By namespace</h2>");
-    table(&mut out, "namespace", &["Namespace"], &simple(r.by_namespace(), false), r);
+    table(
+        &mut out,
+        "namespace",
+        &["Namespace"],
+        &simple(r.by_namespace(), false),
+        r,
+    );
     out.push_str("</section><section><h2>By team</h2>");
     table(&mut out, "team", &["Team"], &simple(r.by_team(), false), r);
     out.push_str("</section><section><h2>By cost centre</h2>");
@@ -249,7 +258,13 @@ pub fn page(r: &MonthlyReport) -> String {
             (vec![zone, period], a, c, avg)
         })
         .collect();
-    table(&mut out, "tariff_period", &["Zone", "Tariff period"], &rows, r);
+    table(
+        &mut out,
+        "tariff_period",
+        &["Zone", "Tariff period"],
+        &rows,
+        r,
+    );
     out.push_str("</section><section><h2>By job</h2>");
     let rows: Vec<HtmlRow> = r
         .by_job()
@@ -352,7 +367,10 @@ fn charts_section(out: &mut String, r: &MonthlyReport) {
     let by_team = r.by_team();
     out.push_str(&bar_chart(
         "Energy cost by team",
-        &by_team.iter().map(|(n, _, _)| n.clone()).collect::<Vec<_>>(),
+        &by_team
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .collect::<Vec<_>>(),
         &by_team
             .iter()
             .map(|(_, a, _)| a.cost.to_f64())

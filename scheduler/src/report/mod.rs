@@ -10,6 +10,9 @@
 //! - [`tables`]: the CSV and FOCUS-shaped CSV renderings;
 //! - [`html`]: the HTML page (inline CSS and SVG, no script, prints cleanly).
 //!
+//! The same reports are served over HTTP on the scheduler's admin port by
+//! [`crate::service::reports_http`].
+//!
 //! Reconciliation: amounts stay integer nano-units ([`crate::ledger::Fixed`]) until they are
 //! printed. A record straddling a boundary is split by cumulative share (the piece of `[a, b)`
 //! is `share(b) − share(a)`), so the pieces add up to the record exactly; every view is a sum
@@ -371,8 +374,7 @@ pub fn build(store: &dyn LedgerStore, query: &ReportQuery) -> Result<MonthlyRepo
         .into_iter()
         .filter(|r| query.namespace.as_ref().is_none_or(|ns| &r.namespace == ns))
         .collect();
-    let currencies: BTreeSet<&str> =
-        records.iter().map(|r| r.currency.as_str()).collect();
+    let currencies: BTreeSet<&str> = records.iter().map(|r| r.currency.as_str()).collect();
     if currencies.len() > 1 {
         return Err(ReportError::MixedCurrencies {
             month: query.month.to_string(),

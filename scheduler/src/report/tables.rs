@@ -99,7 +99,10 @@ fn print_money(values: &[Fixed]) -> Vec<String> {
 
 /// The monthly budget set for `scope`, if any.
 pub fn budget_of(r: &MonthlyReport, scope: &BudgetScope) -> Option<Fixed> {
-    r.budgets.iter().find(|b| &b.scope == scope).map(|b| b.budget)
+    r.budgets
+        .iter()
+        .find(|b| &b.scope == scope)
+        .map(|b| b.budget)
 }
 
 /// The rows of each view of the plain CSV, in order: job, namespace, team, cost centre, zone,
@@ -138,18 +141,20 @@ fn csv_views(r: &MonthlyReport) -> Vec<Vec<CsvRow>> {
     let jobs = r
         .by_job()
         .into_iter()
-        .map(|([namespace, team, cost_centre, zone, job], amounts, counterfactual)| CsvRow {
-            view: "job",
-            zone_avg: zone_avg(&zone),
-            namespace,
-            team,
-            cost_centre,
-            zone,
-            job,
-            amounts,
-            counterfactual,
-            ..CsvRow::default()
-        })
+        .map(
+            |([namespace, team, cost_centre, zone, job], amounts, counterfactual)| CsvRow {
+                view: "job",
+                zone_avg: zone_avg(&zone),
+                namespace,
+                team,
+                cost_centre,
+                zone,
+                job,
+                amounts,
+                counterfactual,
+                ..CsvRow::default()
+            },
+        )
         .collect();
     let periods = r
         .by_tariff_period()
@@ -217,7 +222,12 @@ pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
     for rows in csv_views(r) {
         let amounts: Vec<Amounts> = rows.iter().map(|x| x.amounts).collect();
         let p = print_rows(&amounts);
-        let cf = print_money(&rows.iter().map(|x| x.counterfactual.cost).collect::<Vec<_>>());
+        let cf = print_money(
+            &rows
+                .iter()
+                .map(|x| x.counterfactual.cost)
+                .collect::<Vec<_>>(),
+        );
         let saving = print_money(
             &rows
                 .iter()

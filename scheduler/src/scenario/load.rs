@@ -12,6 +12,8 @@ use serde_saphyr::Spanned;
 
 use super::error::ScenarioError;
 use super::model::{Job, Node, Profile, ProfilePoint, Scenario, Zone};
+use super::sources::{self, RawChainRef, ZoneSeries, ZoneSources};
+use crate::signals::config::{CarbonSourceSpec, PriceSourceSpec};
 use crate::units::{GramsPerKwh, Hours, MoneyPerTonne, PricePerMwh, Slot, SlotGrid, Watts};
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +59,15 @@ pub(crate) struct RawZone {
     pue: Spanned<f64>,
     #[serde(default)]
     signals: Option<Spanned<String>>,
+    /// Opt-in: the zone's price from one signals source (see [`sources`]).
+    #[serde(default)]
+    price: Option<Spanned<PriceSourceSpec>>,
+    /// Opt-in: the zone's carbon from one signals source.
+    #[serde(default)]
+    carbon: Option<Spanned<CarbonSourceSpec>>,
+    /// Opt-in: both series from a signals configuration's chains.
+    #[serde(default)]
+    signals_config: Option<Spanned<RawChainRef>>,
     #[serde(default)]
     nodes: Vec<RawNodeGroup>,
 }
@@ -69,7 +80,8 @@ pub(crate) struct RawNodeGroup {
     count: Spanned<i64>,
 }
 
-/// Reads one file of a scenario (a folder on disk, or files built into the binary).
+/// Reads one file of a scenario (a folder on disk, or files built into the binary). Signals
+/// sources (`price`, `carbon`, `signals_config`) read theirs from disk.
 pub type Files<'a> = &'a dyn Fn(&Path) -> std::io::Result<String>;
 
 /// Loads and validates the scenario in folder `dir`.
@@ -136,24 +148,48 @@ pub fn load_with(dir: &Path, files: Files<'_>) -> Result<Scenario, ScenarioError
     let profiles = load_profiles(&y, &raw.profiles)?;
     let (zone_defs, accelerators, nodes) = load_zones(&y, &raw.zones, true)?;
 
-    let mut zones = Vec::with_capacity(zone_defs.len());
+    let mut series = Vec::with_capacity(zone_defs.len());
     let mut n_slots: Option<Slot> = None;
-    for (name, pue, signals_rel) in zone_defs {
-        let path = dir.join(signals_rel.unwrap_or_default());
-        let (price, carbon) = load_signals(files, &path, &grid)?;
-        let len = price.len() as Slot;
-        n_slots = Some(n_slots.map_or(len, |n| n.min(len)));
+    for (zi, ((name, _, signals_rel), rz)) in zone_defs.iter().zip(&raw.zones).enumerate() {
+        let (price, carbon) = sources::zone_series(
+            files,
+            dir,
+            &yaml_path,
+            &raw.currency,
+            &grid,
+            &ZoneSources {
+                index: zi,
+                name,
+                signals: signals_rel.as_deref(),
+                price: rz.price.as_ref(),
+                carbon: rz.carbon.as_ref(),
+                chain: rz.signals_config.as_ref(),
+            },
+        )?;
+        for len in [price.slots(), carbon.slots()].into_iter().flatten() {
+            let len = len as Slot;
+            n_slots = Some(n_slots.map_or(len, |n| n.min(len)));
+        }
+        series.push((price, carbon));
+    }
+    let n_slots = n_slots.unwrap_or(0);
+    let mut zones = Vec::with_capacity(zone_defs.len());
+    for (zi, ((name, pue, _), (price, carbon))) in zone_defs.into_iter().zip(series).enumerate() {
+        let values = |s: ZoneSeries| -> Result<Vec<f64>, ScenarioError> {
+            match s {
+                ZoneSeries::Values(mut v) => {
+                    v.truncate(n_slots as usize);
+                    Ok(v)
+                }
+                ZoneSeries::Tariff(t) => sources::tariff_values(&t, &grid, n_slots, &yaml_path, zi),
+            }
+        };
         zones.push(Zone {
             name,
             pue,
-            price,
-            carbon,
+            price: values(price)?.into_iter().map(PricePerMwh).collect(),
+            carbon: values(carbon)?.into_iter().map(GramsPerKwh).collect(),
         });
-    }
-    let n_slots = n_slots.unwrap_or(0);
-    for z in &mut zones {
-        z.price.truncate(n_slots as usize);
-        z.carbon.truncate(n_slots as usize);
     }
 
     let jobs_path = dir.join(&raw.jobs.value);
@@ -194,12 +230,7 @@ pub(crate) struct YamlCtx<'a> {
 }
 
 impl YamlCtx<'_> {
-    pub(crate) fn field<T>(
-        &self,
-        at: &Spanned<T>,
-        field: &str,
-        reason: String,
-    ) -> ScenarioError {
+    pub(crate) fn field<T>(&self, at: &Spanned<T>, field: &str, reason: String) -> ScenarioError {
         ScenarioError::InvalidField {
             path: self.path.to_owned(),
             line: at.referenced.line(),
@@ -318,9 +349,11 @@ pub(crate) fn load_zones(
                 format!("{pue} must be at least 1.0 (facility energy / IT energy)"),
             ));
         }
+        // A zone whose signals sources give both series needs no CSV.
+        let from_sources = z.signals_config.is_some() || (z.price.is_some() && z.carbon.is_some());
         let signals = match &z.signals {
             Some(s) if !s.value.trim().is_empty() => Some(s.value.trim().to_owned()),
-            _ if !signals_required => None,
+            _ if !signals_required || from_sources => None,
             _ => {
                 return Err(y.field(
                     &z.name,
@@ -471,7 +504,7 @@ fn rows<'a>(path: &'a Path, rdr: &mut CsvReader) -> Result<Vec<Row<'a>>, Scenari
 
 /// Reads a zone's signal CSV onto the slot grid: each row holds from its time until the next
 /// row's, the last row for one more interval of the same length.
-fn load_signals(
+pub(super) fn load_signals(
     files: Files<'_>,
     path: &Path,
     grid: &SlotGrid,

@@ -272,7 +272,11 @@ impl CommandCenter {
     }
 
     /// Queues putting a device back to its default limit (the job that lowered it ended).
-    pub fn restore_default(&self, node: &str, device_uuid: &str) -> Result<CommandId, CommandError> {
+    pub fn restore_default(
+        &self,
+        node: &str,
+        device_uuid: &str,
+    ) -> Result<CommandId, CommandError> {
         let fail = |reason: CommandRefusal| {
             self.refused(&reason);
             warn!(node, device = device_uuid, %reason, "restore command refused");
@@ -508,7 +512,11 @@ mod tests {
             agent_id: agent_id.into(),
             command_id: id.to_string(),
             ok,
-            error: if ok { String::new() } else { "driver said no".into() },
+            error: if ok {
+                String::new()
+            } else {
+                "driver said no".into()
+            },
             power_limit_watts: if ok { 150 } else { 0 },
         }
     }
@@ -531,7 +539,9 @@ mod tests {
             ("n1", "CPU-0", "no_limit_control"),
         ] {
             match center.set_power_limit(node, device, 150) {
-                Err(CommandError::SetPowerLimit { reason, .. }) => assert_eq!(reason.label(), label),
+                Err(CommandError::SetPowerLimit { reason, .. }) => {
+                    assert_eq!(reason.label(), label)
+                }
                 other => panic!("{node}/{device}: {other:?}"),
             }
         }
@@ -562,20 +572,32 @@ mod tests {
             .map(|c| c.id)
             .collect();
         assert_eq!(got, vec![c1.to_string(), c2.to_string()]);
-        assert_eq!(center.acknowledge(&ack(&agent, &c1, true))?, CommandState::Applied {
-            power_limit_watts: 150
-        });
+        assert_eq!(
+            center.acknowledge(&ack(&agent, &c1, true))?,
+            CommandState::Applied {
+                power_limit_watts: 150
+            }
+        );
         // A new stream gets only what is still unacknowledged.
         let mut second = center.subscribe(&agent)?;
-        assert_eq!(second.commands.recv().await.map(|c| c.id), Some(c2.to_string()));
+        assert_eq!(
+            second.commands.recv().await.map(|c| c.id),
+            Some(c2.to_string())
+        );
         // The old stream's end does not close the new one.
         center.unsubscribe(&agent, first.generation);
         let c3 = center.set_power_limit("n1", "GPU-0", 200)?;
-        assert_eq!(second.commands.recv().await.map(|c| c.id), Some(c3.to_string()));
+        assert_eq!(
+            second.commands.recv().await.map(|c| c.id),
+            Some(c3.to_string())
+        );
         let failed = center.acknowledge(&ack(&agent, &c2, false))?;
-        assert_eq!(failed, CommandState::Failed {
-            error: "driver said no".into()
-        });
+        assert_eq!(
+            failed,
+            CommandState::Failed {
+                error: "driver said no".into()
+            }
+        );
         assert_eq!(center.wait(&c2).await?, failed);
         // Answering twice changes nothing and counts once.
         assert_eq!(center.acknowledge(&ack(&agent, &c2, true))?, failed);
@@ -601,9 +623,12 @@ mod tests {
         };
         tokio::task::yield_now().await;
         center.acknowledge(&ack(&agent, &id, true))?;
-        assert_eq!(waiter.await??, CommandState::Applied {
-            power_limit_watts: 150
-        });
+        assert_eq!(
+            waiter.await??,
+            CommandState::Applied {
+                power_limit_watts: 150
+            }
+        );
         Ok(())
     }
 

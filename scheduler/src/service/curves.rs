@@ -227,7 +227,10 @@ mod tests {
     #[test]
     fn a_curve_becomes_a_profile_relative_to_its_highest_limit() -> Result<(), CurveRejection> {
         let store = CurveStore::new();
-        store.record("a1", &curve("Tesla V100", &[(250, 4.0, 220.0), (150, 3.0, 140.0)]))?;
+        store.record(
+            "a1",
+            &curve("Tesla V100", &[(250, 4.0, 220.0), (150, 3.0, 140.0)]),
+        )?;
         let p = store
             .profile("Tesla V100", "resnet50")
             .ok_or(CurveRejection::NoPoints)?;
@@ -258,7 +261,9 @@ mod tests {
         store.record("a1", &curve("A40", &[(300, 9.0, 999.0)]))?;
         store.record("a1", &curve("A40", &[(300, 4.0, 290.0), (200, 2.0, 190.0)]))?;
         store.record("a2", &curve("A40", &[(300, 6.0, 300.0)]))?;
-        let p = store.profile("A40", "resnet50").ok_or(CurveRejection::NoPoints)?;
+        let p = store
+            .profile("A40", "resnet50")
+            .ok_or(CurveRejection::NoPoints)?;
         // 300 W: (4 + 6) / 2 = 5 per s, (290 + 300) / 2 W; 200 W only from a1.
         assert_eq!(p.points[1].draw, Watts(295.0));
         assert_eq!(p.points[0].throughput, 2.0 / 5.0);

@@ -283,7 +283,10 @@ impl AgentService for AgentServiceImpl {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn report_ack(&self, request: Request<CommandAck>) -> Result<Response<AckResponse>, Status> {
+    async fn report_ack(
+        &self,
+        request: Request<CommandAck>,
+    ) -> Result<Response<AckResponse>, Status> {
         let ack = request.into_inner();
         self.commands.acknowledge(&ack).map_err(|e| {
             warn!(agent_id = %ack.agent_id, command = %ack.command_id, error = %e, "acknowledgement refused");
@@ -304,10 +307,9 @@ pub async fn serve(
         .add_service(
             AgentServiceServer::new(service.clone()).max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .add_optional_service(placement.map(|p| {
-            p.into_server()
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        }))
+        .add_optional_service(
+            placement.map(|p| p.into_server().max_decoding_message_size(MAX_MESSAGE_BYTES)),
+        )
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop)
         .await
         .map_err(ServiceError::ServeGrpc);

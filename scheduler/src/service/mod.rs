@@ -143,8 +143,8 @@ pub struct ServeArgs {
     pub placement_db: Option<std::path::PathBuf>,
 }
 
-/// Runs `offpeak serve` on its own runtime until ctrl-c (or SIGINT).
-pub fn serve_until_ctrl_c(args: &ServeArgs) -> Result<(), ServiceError> {
+/// Runs `offpeak serve` on its own runtime until ctrl-c or SIGTERM.
+pub fn serve_until_stopped(args: &ServeArgs) -> Result<(), ServiceError> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -159,7 +159,8 @@ pub fn serve_until_ctrl_c(args: &ServeArgs) -> Result<(), ServiceError> {
         registry: registry.clone(),
         commands: CommandCenter::new(registry),
         curves: CurveStore::new(),
-        reports: reports_http::Reports::from_args(&args.reports).map_err(ServiceError::OpenLedger)?,
+        reports: reports_http::Reports::from_args(&args.reports)
+            .map_err(ServiceError::OpenLedger)?,
         placement: match &args.placement_config {
             Some(path) => Some(
                 crate::placement::config::load(
@@ -174,17 +175,35 @@ pub fn serve_until_ctrl_c(args: &ServeArgs) -> Result<(), ServiceError> {
             None => None,
         },
     };
-    runtime.block_on(run(
-        config,
-        async {
-            if let Err(e) = tokio::signal::ctrl_c().await {
-                // Without a signal handler there is no clean way to be stopped; stopping now
-                // is better than running unstoppable.
+    runtime.block_on(run(config, stop_signal(), None))
+}
+
+/// Completes on ctrl-c (SIGINT) or SIGTERM, what Kubernetes sends to stop a pod.
+async fn stop_signal() {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                // Without a handler there is no clean way to be stopped; stopping now is better
+                // than running unstoppable.
+                tracing::error!(error = %e, "cannot listen for SIGTERM; stopping");
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => {
+            if let Err(e) = r {
                 tracing::error!(error = %e, "cannot listen for ctrl-c; stopping");
             }
-        },
-        None,
-    ))
+        }
+        () = term => {}
+    }
+    info!("stop signal received; shutting down");
 }
 
 /// The addresses the listeners were bound to.
@@ -223,7 +242,8 @@ pub async fn bind(config: ServiceConfig) -> Result<Bound, ServiceError> {
         })?;
     let placement = match config.placement {
         Some(mut p) => {
-            p.profiles = crate::placement::cluster::measured_first(config.curves.clone(), p.profiles);
+            p.profiles =
+                crate::placement::cluster::measured_first(config.curves.clone(), p.profiles);
             Some(
                 crate::placement::Placement::open(p, config.registry.clone())
                     .map_err(ServiceError::Placement)?,

@@ -147,7 +147,9 @@ impl NodeRegistry {
                 .into_iter()
                 .map(|p| ((p.namespace, p.pod), p.metered_mj))
                 .collect();
-            state.agent_by_node.insert(a.node.clone(), a.agent_id.clone());
+            state
+                .agent_by_node
+                .insert(a.node.clone(), a.agent_id.clone());
             state.agents.insert(
                 a.agent_id,
                 AgentEntry {
@@ -224,7 +226,8 @@ impl NodeRegistry {
                 d.default_power_limit_watts,
             );
             let none = min == 0 && max == 0 && default == 0;
-            if !none && !(min <= default && default <= max && max > 0) {
+            let consistent = min <= default && default <= max && max > 0;
+            if !(none || consistent) {
                 return Err(fail(format!(
                     "device {:?}: power-limit range {min}–{max} W with default {default} W is \
                      inconsistent (need min ≤ default ≤ max)",
@@ -594,10 +597,13 @@ mod tests {
             (a, b)
         };
         let reg = NodeRegistry::open(&path)?;
-        assert_eq!(register(&reg, "n1"), Registration {
-            agent_id: a.agent_id.clone(),
-            last_sequence: 2,
-        });
+        assert_eq!(
+            register(&reg, "n1"),
+            Registration {
+                agent_id: a.agent_id.clone(),
+                last_sequence: 2,
+            }
+        );
         let dup = reg.ingest(&batch(&a.agent_id, 2, "n1-gpu0", 70))?;
         assert!(dup.replay);
         reg.ingest(&batch(&a.agent_id, 3, "n1-gpu0", 90))?;

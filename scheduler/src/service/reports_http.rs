@@ -46,8 +46,10 @@ fn parse_tz(s: &str) -> Result<Tz, ReportError> {
     report::parse_time_zone(s)
 }
 
-fn load_finance(s: &str) -> Result<report::Finance, finance::FinanceError> {
-    finance::load(Path::new(s))
+/// Loads the finance file at start-up; clap shows only an error's own message, so the
+/// message carries its causes ("No such file or directory").
+fn load_finance(s: &str) -> Result<report::Finance, String> {
+    finance::load(Path::new(s)).map_err(|e| chain(&e))
 }
 
 /// What the report routes read: the ledger and the reporting defaults.
@@ -170,33 +172,30 @@ fn bad_request(message: String) -> Response {
 /// The query parameters the endpoint understands.
 const PARAMS: [&str; 3] = ["format", "namespace", "time_zone"];
 
-/// The validated request, or the `400` that explains what is wrong with it.
+/// The validated request, or why it is refused (the body of a `400`).
 fn parse_request(
     reports: &Reports,
     month: &str,
     params: &BTreeMap<String, String>,
-) -> Result<(ReportQuery, ReportFormat), Response> {
+) -> Result<(ReportQuery, ReportFormat), String> {
     if let Some(unknown) = params.keys().find(|k| !PARAMS.contains(&k.as_str())) {
-        return Err(bad_request(format!(
+        return Err(format!(
             "unknown query parameter {unknown:?} (expected {})",
             PARAMS.join(", ")
-        )));
+        ));
     }
-    let month: Month = month.parse().map_err(|e: ReportError| bad_request(e.to_string()))?;
+    let month: Month = month.parse().map_err(|e: ReportError| e.to_string())?;
     let format = match params.get("format").map(String::as_str) {
         None => ReportFormat::Csv,
-        Some(name) => ReportFormat::from_name(name).ok_or_else(|| {
-            bad_request(format!(
-                "unknown format {name:?} (expected csv, focus or html)"
-            ))
-        })?,
+        Some(name) => ReportFormat::from_name(name)
+            .ok_or_else(|| format!("unknown format {name:?} (expected csv, focus or html)"))?,
     };
     let time_zone = match params.get("time_zone") {
         None => reports.inner.time_zone,
-        Some(tz) => report::parse_time_zone(tz).map_err(|e| bad_request(e.to_string()))?,
+        Some(tz) => report::parse_time_zone(tz).map_err(|e| e.to_string())?,
     };
     let namespace = match params.get("namespace").map(|n| n.trim()) {
-        Some("") => return Err(bad_request("the namespace parameter is empty".into())),
+        Some("") => return Err("the namespace parameter is empty".into()),
         other => other.map(str::to_string),
     };
     let query = ReportQuery {
@@ -228,7 +227,7 @@ async fn get_report(
 ) -> Response {
     let (query, format) = match parse_request(&reports, &month, &params) {
         Ok(q) => q,
-        Err(response) => return response,
+        Err(reason) => return bad_request(reason),
     };
     let job = tokio::task::spawn_blocking(move || reports.render(&query, format)).await;
     match job {

@@ -283,7 +283,12 @@ fn write_agent(tx: &rusqlite::Transaction<'_>, a: &AgentRecord) -> Result<(), ru
          ON CONFLICT (agent_id, namespace, pod) DO UPDATE SET metered_mj = ?4",
     )?;
     for p in &a.pods {
-        upsert.execute(params![a.agent_id, p.namespace, p.pod, to_sql(p.metered_mj)])?;
+        upsert.execute(params![
+            a.agent_id,
+            p.namespace,
+            p.pod,
+            to_sql(p.metered_mj)
+        ])?;
     }
     Ok(())
 }
@@ -324,7 +329,10 @@ mod tests {
         store.save_with(|| vec![agent("a1", 5, 1_000), agent("a2", u64::MAX, 7)])?;
         store.save_with(|| vec![agent("a1", 9, 2_000)])?;
         let loaded = store.load()?;
-        assert_eq!(loaded, vec![agent("a1", 9, 2_000), agent("a2", u64::MAX, 7)]);
+        assert_eq!(
+            loaded,
+            vec![agent("a1", 9, 2_000), agent("a2", u64::MAX, 7)]
+        );
         assert_eq!(store.last_sequence("a1")?, Some(9));
         assert_eq!(store.last_sequence("a9")?, None);
         assert_eq!(store.save_with(Vec::new)?, 0);

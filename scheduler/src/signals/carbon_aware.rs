@@ -252,12 +252,15 @@ fn data_source(doc: serde_json::Value, location: Option<&str>) -> Result<Parsed,
     let zone = pick_location(&locations, location)?;
     let mut raw = Vec::with_capacity(doc.emissions.len());
     for (i, p) in doc.emissions.iter().enumerate() {
-        if p.location.as_deref().is_some_and(|l| Some(l) != zone.as_deref()) {
+        if p.location
+            .as_deref()
+            .is_some_and(|l| Some(l) != zone.as_deref())
+        {
             continue;
         }
         let start = parse_instant(&p.time).map_err(|r| format!("Emissions[{i}].Time: {r}"))?;
-        let minutes = time_span_minutes(&p.duration)
-            .map_err(|r| format!("Emissions[{i}].Duration: {r}"))?;
+        let minutes =
+            time_span_minutes(&p.duration).map_err(|r| format!("Emissions[{i}].Duration: {r}"))?;
         raw.push(Raw {
             start,
             minutes,
@@ -274,10 +277,7 @@ fn data_source(doc: serde_json::Value, location: Option<&str>) -> Result<Parsed,
     ))
 }
 
-fn web_api(
-    doc: serde_json::Value,
-    location: Option<&str>,
-) -> Result<(Vec<Raw>, String), String> {
+fn web_api(doc: serde_json::Value, location: Option<&str>) -> Result<(Vec<Raw>, String), String> {
     let forecasts: Vec<WebForecast> = serde_json::from_value(doc).map_err(|e| e.to_string())?;
     let locations: std::collections::BTreeSet<&str> = forecasts
         .iter()
@@ -311,7 +311,10 @@ fn pick_location(
     match (wanted, found.len()) {
         (Some(w), _) if found.contains(w) => Ok(Some(w.to_owned())),
         (Some(w), 0) => Ok(Some(w.to_owned())),
-        (Some(w), _) => Err(format!("no forecast for location `{w}` (the answer has: {})", list())),
+        (Some(w), _) => Err(format!(
+            "no forecast for location `{w}` (the answer has: {})",
+            list()
+        )),
         (None, 0) => Ok(None),
         (None, 1) => Ok(found.iter().next().map(|s| (*s).to_owned())),
         (None, _) => Err(format!(

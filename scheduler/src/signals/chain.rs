@@ -145,9 +145,7 @@ pub enum Retry {
     /// The failure may pass (a timeout, a connection refused or cut, HTTP 408, 429 or 5xx):
     /// ask again after a backoff, and not before `not_before` when the server said so
     /// (`Retry-After`).
-    Soon {
-        not_before: Option<DateTime<Utc>>,
-    },
+    Soon { not_before: Option<DateTime<Utc>> },
     /// The answer itself is wrong (another HTTP status, a body that does not parse, an
     /// unreadable key): asking again before the provider publishes again will not help.
     NextPublication,
@@ -358,8 +356,13 @@ impl<P: SignalProvider> Chain<P> {
             }
             // Regridding is part of accepting an answer: one that cannot be put on the slots
             // (no whole slot covered) is as useless as a failed request.
+            // Staleness is judged on how long the provider vouches for its answer: the end of
+            // its data for a forecast, the end of its effective dates for a tariff.
             let answer = match source.fetch(window).await {
-                Ok(s) => on_slots(s, slot_minutes),
+                Ok(s) => {
+                    let valid_until = source.valid_until(&s);
+                    on_slots(s, slot_minutes).map(|(_, g)| (valid_until, g))
+                }
                 Err(e) => Err(e),
             };
             let mut retry = None;

@@ -33,18 +33,16 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::csv_import::{CarbonCsv, CarbonUnit, PriceCsv, PriceUnit, TimeBasis};
 use super::carbon_aware::Zeros;
+use super::csv_import::{CarbonCsv, CarbonUnit, PriceCsv, PriceUnit, TimeBasis};
 use super::electricity_maps::Endpoint;
 use super::octopus::Vat;
 use super::recorded::{RecordedCarbon, RecordedPrice};
-use super::watttime::{self, Place};
 use super::tariff::Tariff;
 use super::tariff::urdb::UrdbOptions;
 use super::uk_carbon::Scope;
-use super::{
-    CarbonBasis, Currency, awattar, electricity_maps, entsoe, octopus, uk_carbon,
-};
+use super::watttime::{self, Place};
+use super::{CarbonBasis, Currency, awattar, electricity_maps, entsoe, octopus, uk_carbon};
 
 /// The slot length used when the file does not give one: the planner's hourly default, and
 /// the resolution of most day-ahead markets until 2025.
@@ -159,7 +157,10 @@ pub enum CarbonAwarePlace {
     File(PathBuf),
     Url(String),
     /// The SDK's Web API at `base_url`, for `location`.
-    WebApi { base_url: String, location: String },
+    WebApi {
+        base_url: String,
+        location: String,
+    },
 }
 
 /// One carbon-intensity source, validated.
@@ -285,7 +286,8 @@ struct RawWattTime {
     #[serde(default)]
     longitude: Option<f64>,
     /// `marginal` or `average`: required, never defaulted.
-    signal: String,
+    #[serde(default)]
+    signal: Option<String>,
     #[serde(default)]
     endpoint: Option<String>,
     #[serde(default)]
@@ -436,6 +438,53 @@ struct RawElectricityMaps {
     endpoint: Option<String>,
     #[serde(default)]
     base_url: Option<String>,
+}
+
+/// One price source written alone, in the same forms as an item of a zone's `price` chain
+/// (`tariff: {...}`, `recorded: {...}`, `csv: {...}`, ...): what a scenario zone's `price`
+/// takes.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct PriceSourceSpec(RawPriceSource);
+
+/// One carbon source written alone, like an item of a zone's `carbon` chain.
+#[derive(Debug, Deserialize)]
+#[serde(transparent)]
+pub struct CarbonSourceSpec(RawCarbonSource);
+
+impl PriceSourceSpec {
+    /// Checks the source as written at `line` of `file` (relative paths from its folder),
+    /// naming it `field` in errors; returns it with the currency of its prices.
+    pub fn check(
+        &self,
+        zone: &str,
+        file: &Path,
+        line: u64,
+        field: &str,
+    ) -> Result<(PriceSourceConfig, Currency), ConfigError> {
+        let ctx = Ctx {
+            path: file,
+            dir: file.parent().unwrap_or(Path::new("")),
+        };
+        ctx.price_source(zone, &self.0, line, field)
+    }
+}
+
+impl CarbonSourceSpec {
+    /// Checks the source as written at `line` of `file`, naming it `field` in errors.
+    pub fn check(
+        &self,
+        zone: &str,
+        file: &Path,
+        line: u64,
+        field: &str,
+    ) -> Result<CarbonSourceConfig, ConfigError> {
+        let ctx = Ctx {
+            path: file,
+            dir: file.parent().unwrap_or(Path::new("")),
+        };
+        ctx.carbon_source(zone, &self.0, line, field)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -802,15 +851,14 @@ impl Ctx<'_> {
                 }
                 let mut holidays = BTreeSet::new();
                 for (i, h) in t.holidays.iter().flatten().enumerate() {
-                    let d = chrono::NaiveDate::parse_from_str(h.trim(), "%Y-%m-%d").map_err(
-                        |_| {
+                    let d =
+                        chrono::NaiveDate::parse_from_str(h.trim(), "%Y-%m-%d").map_err(|_| {
                             self.invalid(
                                 line,
                                 &format!("{at}.holidays[{i}]"),
                                 format!("`{h}` is not a date (YYYY-MM-DD)"),
                             )
-                        },
-                    )?;
+                        })?;
                     holidays.insert(d);
                 }
                 Some(UrdbOptions {
@@ -849,9 +897,8 @@ impl Ctx<'_> {
                 ));
             }
         };
-        Tariff::load(&path, urdb.as_ref()).map_err(|e| {
-            self.invalid(line, &format!("{at}.path"), crate::signals::error_chain(&e))
-        })
+        Tariff::load(&path, urdb.as_ref())
+            .map_err(|e| self.invalid(line, &format!("{at}.path"), crate::signals::error_chain(&e)))
     }
 
     fn carbon_source(
@@ -1032,9 +1079,13 @@ impl Ctx<'_> {
         Ok((signal, endpoint))
     }
 
-    fn watttime(&self, w: &RawWattTime, line: u64, at: &str) -> Result<CarbonSourceConfig, ConfigError> {
-        let (signal, endpoint) =
-            self.watttime_signal(&Some(w.signal.clone()), &w.endpoint, line, at)?;
+    fn watttime(
+        &self,
+        w: &RawWattTime,
+        line: u64,
+        at: &str,
+    ) -> Result<CarbonSourceConfig, ConfigError> {
+        let (signal, endpoint) = self.watttime_signal(&w.signal, &w.endpoint, line, at)?;
         let place = match (&w.region, w.latitude, w.longitude) {
             (Some(r), None, None) if !r.trim().is_empty() => Place::Region(r.trim().to_owned()),
             (None, Some(latitude), Some(longitude))
@@ -1080,7 +1131,9 @@ impl Ctx<'_> {
     ) -> Result<CarbonSourceConfig, ConfigError> {
         let place = match (&c.path, &c.url, &c.base_url) {
             (Some(p), None, None) => CarbonAwarePlace::File(self.dir.join(p.trim())),
-            (None, Some(u), None) => CarbonAwarePlace::Url(self.url(u, line, &format!("{at}.url"))?),
+            (None, Some(u), None) => {
+                CarbonAwarePlace::Url(self.url(u, line, &format!("{at}.url"))?)
+            }
             (None, None, Some(b)) => {
                 let Some(location) = c.location.clone().filter(|l| !l.trim().is_empty()) else {
                     return Err(self.invalid(

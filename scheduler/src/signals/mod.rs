@@ -12,20 +12,33 @@
 //! Adapters:
 //! - [`uk_carbon`]: the UK Carbon Intensity API (national and regional, actual and forecast);
 //! - [`electricity_maps`]: Electricity Maps v3 carbon-intensity history and forecast;
+//! - [`watttime`]: WattTime v3 marginal or average emission rates, forecast and history
+//!   (lbs/MWh converted to g/kWh);
+//! - [`carbon_aware`]: the Green Software Foundation Carbon Aware SDK's emissions forecast
+//!   (its JSON data-source form and its Web API answer);
 //! - [`csv_import`]: any CSV with a time and a value column, in a stated time zone and unit;
 //! - [`octopus`]: Octopus Energy Agile half-hourly unit rates (GBP);
 //! - [`awattar`]: aWATTar day-ahead market prices (EUR);
-//! - [`entsoe`]: ENTSO-E Transparency Platform day-ahead prices (A44 XML).
+//! - [`entsoe`]: ENTSO-E Transparency Platform day-ahead prices (A44 XML);
+//! - [`tariff`]: time-of-use tariffs (OpenEI URDB JSON and a short YAML form), evaluated in
+//!   their local time zone, with each slot's period name;
+//! - [`recorded`]: a provider's answer saved to a file, read by that provider's parser.
 //!
 //! Each adapter has a pure `parse` (bytes in, series out, testable offline) and implements
-//! [`SignalProvider`], whose `fetch` does the HTTP request through [`HttpFetcher`].
+//! [`SignalProvider`], whose `fetch` does the HTTP request through [`HttpFetcher`] and which
+//! says when the provider publishes ([`publication`]).
 //!
 //! On top of the adapters:
 //! - [`config`]: the `signals` section of the YAML configuration (a price chain and a carbon
 //!   chain of sources per zone, and the maximum age of trusted data), checked at load;
+//! - [`sources`]: the configured providers as one price and one carbon source type;
 //! - [`chain`]: a zone's signals through its chains, with fallback, staleness, the last good
 //!   series, the seasonal estimate past the end, provenance and the degraded state;
+//! - [`refresh`]: keeping a zone's chains fresh on each provider's publication schedule, with
+//!   jittered, capped exponential backoff, `Retry-After`, metrics and a status for jobs;
 //! - [`show`]: `offpeak signals show`, the merged series as a table or CSV.
+//!
+//! `docs/signals.md` describes every source's configuration, units and failure handling.
 
 pub mod awattar;
 pub mod carbon_aware;
@@ -53,8 +66,8 @@ use chrono::{DateTime, Duration, Utc};
 
 use crate::units::{GramsPerKwh, PricePerMwh, Slot, SlotGrid};
 
-pub use publication::Publication;
 pub use http::{ApiKey, DEFAULT_MAX_BODY_BYTES, DEFAULT_TIMEOUT, FetchFailure, HttpFetcher};
+pub use publication::Publication;
 
 /// Whether a value is firm or someone's estimate of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,6 +378,12 @@ pub trait SignalProvider {
     /// and the charges that are not optimised, a forecast's model), for provenance.
     fn notes(&self) -> Vec<String> {
         Vec::new()
+    }
+    /// Until when the provider vouches for `answer`, which is when it starts to go stale: the
+    /// end of its data by default. A tariff holds until its effective end, whatever window it
+    /// was evaluated over.
+    fn valid_until(&self, answer: &Series<Self::Unit>) -> DateTime<Utc> {
+        answer.known_until
     }
 }
 

@@ -35,9 +35,7 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 use tokio::sync::watch;
 
-use super::chain::{
-    Chain, ChainError, Merged, Origin, Outcome, Retry, SignalKind, ZoneChain,
-};
+use super::chain::{Chain, ChainError, Merged, Origin, Outcome, Retry, SignalKind, ZoneChain};
 use super::sources::{CarbonProvider, PriceProvider};
 use super::{Publication, SignalProvider, SignalUnit, Window};
 use crate::units::{GramsPerKwh, PricePerMwh};
@@ -115,7 +113,8 @@ impl RetryPolicy {
         let exp = self
             .factor
             .powi(i32::try_from(failures.saturating_sub(1)).unwrap_or(i32::MAX));
-        let ms = (self.initial.num_milliseconds() as f64 * exp).min(self.max.num_milliseconds() as f64);
+        let ms =
+            (self.initial.num_milliseconds() as f64 * exp).min(self.max.num_milliseconds() as f64);
         Duration::milliseconds(ms as i64)
     }
 }
@@ -212,7 +211,8 @@ impl ZoneStatus {
             .into_iter()
             .filter_map(|s| s.degraded.as_ref().map(|r| format!("{}: {r}", s.signal)))
             .collect();
-        (!parts.is_empty()).then(|| format!("signals for {} degraded: {}", self.zone, parts.join("; ")))
+        (!parts.is_empty())
+            .then(|| format!("signals for {} degraded: {}", self.zone, parts.join("; ")))
     }
 }
 
@@ -316,7 +316,9 @@ enum Verdict {
     Fresh,
     /// Fresh, but a daily publication that should be out is not.
     Late,
-    Retry { not_before: Option<DateTime<Utc>> },
+    Retry {
+        not_before: Option<DateTime<Utc>>,
+    },
     NextPublication,
 }
 
@@ -640,7 +642,9 @@ where
     <P::Unit as SignalUnit>::Basis: Send + Sync,
 {
     let Some(mut chain) = slot.take() else {
-        return Ok(Err("its refresh task failed earlier; restart the service".to_owned()));
+        return Ok(Err(
+            "its refresh task failed earlier; restart the service".to_owned()
+        ));
     };
     let Some(io) = io else {
         let r = chain.fetch(now, window, slot_minutes).await;
@@ -717,7 +721,9 @@ fn known_until<U: SignalUnit>(m: &Merged<U>) -> Option<DateTime<Utc>> {
 
 fn publication_jitter(p: Publication) -> Duration {
     match p {
-        Publication::Every(period) => (period / PUBLICATION_JITTER_SHARE).min(PUBLICATION_JITTER_MAX),
+        Publication::Every(period) => {
+            (period / PUBLICATION_JITTER_SHARE).min(PUBLICATION_JITTER_MAX)
+        }
         Publication::DailyAt { .. } | Publication::Document => PUBLICATION_JITTER_MAX,
     }
 }
@@ -738,7 +744,9 @@ mod tests {
     fn jitter_stays_within_its_share_and_varies() {
         let mut j = Jitter(7);
         let d = Duration::seconds(100);
-        let draws: Vec<i64> = (0..1000).map(|_| j.scale(d, 0.5).num_milliseconds()).collect();
+        let draws: Vec<i64> = (0..1000)
+            .map(|_| j.scale(d, 0.5).num_milliseconds())
+            .collect();
         assert!(draws.iter().all(|ms| (50_000..=100_000).contains(ms)));
         let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
         assert!(distinct.len() > 900);

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
+
 use super::awattar::Awattar;
 use super::carbon_aware::{self, CarbonAware};
-use super::config::{
-    CarbonAwarePlace, CarbonSourceConfig, CsvPlace, KeySource, PriceSourceConfig,
-};
+use super::config::{CarbonAwarePlace, CarbonSourceConfig, CsvPlace, KeySource, PriceSourceConfig};
 use super::csv_import::{CarbonUnit, CsvLocation, CsvSource, PriceUnit};
 use super::electricity_maps::ElectricityMaps;
 use super::entsoe::Entsoe;
@@ -111,6 +111,10 @@ impl SignalProvider for PriceProvider {
     fn notes(&self) -> Vec<String> {
         price!(self, p => p.notes(), _p, _r => Vec::new())
     }
+
+    fn valid_until(&self, answer: &Series<PricePerMwh>) -> DateTime<Utc> {
+        price!(self, p => p.valid_until(answer), _p, _r => answer.known_until)
+    }
 }
 
 impl SignalProvider for CarbonProvider {
@@ -131,6 +135,19 @@ impl SignalProvider for CarbonProvider {
 
     fn notes(&self) -> Vec<String> {
         carbon!(self, p => p.notes(), _p, _r => Vec::new())
+    }
+
+    fn valid_until(&self, answer: &Series<GramsPerKwh>) -> DateTime<Utc> {
+        carbon!(self, p => p.valid_until(answer), _p, _r => answer.known_until)
+    }
+}
+
+/// Why a key could not be read, without the "reading the API key of ..." that the fetch error
+/// adds again.
+fn unavailable_reason(e: SignalError) -> String {
+    match e {
+        SignalError::ReadingApiKey { reason, .. } => reason,
+        other => other.to_string(),
     }
 }
 
@@ -185,7 +202,7 @@ impl PriceProvider {
                 ),
                 Err(e) => PriceProvider::Unavailable {
                     provider: super::entsoe::PROVIDER,
-                    reason: e.to_string(),
+                    reason: unavailable_reason(e),
                 },
             },
             PriceSourceConfig::Tariff { tariff } => PriceProvider::Tariff(TariffSource {
@@ -227,7 +244,7 @@ impl CarbonProvider {
                 )),
                 Err(e) => CarbonProvider::Unavailable {
                     provider: super::electricity_maps::PROVIDER,
-                    reason: e.to_string(),
+                    reason: unavailable_reason(e),
                 },
             },
             CarbonSourceConfig::Csv { import, place } => CarbonProvider::Csv(CsvSource {
@@ -262,7 +279,7 @@ impl CarbonProvider {
                     }
                     (Err(e), _) | (_, Err(e)) => CarbonProvider::Unavailable {
                         provider,
-                        reason: e.to_string(),
+                        reason: unavailable_reason(e),
                     },
                 }
             }

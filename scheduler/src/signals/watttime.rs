@@ -356,8 +356,8 @@ pub fn parse(body: &[u8], signal: Signal, endpoint: Endpoint) -> Result<CarbonSe
     let points = points(answer.data, forecast).map_err(bad)?;
     let mut out = Vec::with_capacity(points.len());
     for (i, p) in points.into_iter().enumerate() {
-        let start = parse_instant(&p.point_time)
-            .map_err(|r| bad(format!("data[{i}].point_time: {r}")))?;
+        let start =
+            parse_instant(&p.point_time).map_err(|r| bad(format!("data[{i}].point_time: {r}")))?;
         // A missing value is a gap, not a zero.
         let Some(lbs) = p.value else {
             continue;
@@ -413,8 +413,8 @@ fn points(data: Vec<serde_json::Value>, forecast: bool) -> Result<Vec<DataPoint>
     for (i, v) in data.into_iter().enumerate() {
         let g: GeneratedForecast =
             serde_json::from_value(v).map_err(|e| format!("data[{i}]: {e}"))?;
-        let at = parse_instant(&g.generated_at)
-            .map_err(|r| format!("data[{i}].generated_at: {r}"))?;
+        let at =
+            parse_instant(&g.generated_at).map_err(|r| format!("data[{i}].generated_at: {r}"))?;
         if latest.as_ref().is_none_or(|(t, _)| at > *t) {
             latest = Some((at, g.forecast));
         }

@@ -24,7 +24,12 @@ pub fn skip_or_fail(what: &str, why: &str, fix: &str) {
     if in_ci() {
         panic!("{msg} (CI=true: not skipping)");
     }
-    eprintln!("\n*** SKIPPED {msg} ***\n");
+    // Straight to the process's stderr: the test harness captures `eprintln!`, and a skip
+    // must be seen.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("\n*** SKIPPED {msg} ***\n\n").as_bytes(),
+    );
 }
 
 /// A ledger backend under test.

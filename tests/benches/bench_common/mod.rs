@@ -67,7 +67,10 @@ impl Serve {
         let serve = Self { child, grpc, admin };
         let deadline = Instant::now() + Duration::from_secs(30);
         while http_get(admin, "/readyz").map(|(s, _)| s) != Ok(200) {
-            ensure!(Instant::now() < deadline, "offpeak serve never became ready");
+            ensure!(
+                Instant::now() < deadline,
+                "offpeak serve never became ready"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(serve)
@@ -100,8 +103,10 @@ impl Drop for Serve {
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
     use std::io::{Read as _, Write as _};
     let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .map_err(|e| e.to_string())?;
     let mut text = String::new();
     s.read_to_string(&mut text).map_err(|e| e.to_string())?;
     let status = text
@@ -109,7 +114,10 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String), String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or("no status")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }
 

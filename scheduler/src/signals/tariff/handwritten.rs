@@ -34,8 +34,8 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::{
-    DemandCharge, DemandKind, FixedCharge, Period, QUARTER_MINUTES, QUARTERS_PER_DAY,
-    TableBuilder, Tariff, TariffError, TariffParts, WEEKDAY_NAMES, local_midnight, quarter_clock,
+    DemandCharge, DemandKind, FixedCharge, Period, QUARTER_MINUTES, QUARTERS_PER_DAY, TableBuilder,
+    Tariff, TariffError, TariffParts, WEEKDAY_NAMES, local_midnight, quarter_clock,
 };
 use crate::signals::Currency;
 use crate::units::PricePerMwh;
@@ -174,7 +174,11 @@ pub fn parse(body: &[u8], origin: &str) -> Result<Tariff, TariffError> {
             .map(|s| {
                 let d = date(&ctx, s, field)?;
                 local_midnight(time_zone, d).ok_or_else(|| {
-                    ctx.invalid(line(s), field, format!("{d} has no midnight in {time_zone}"))
+                    ctx.invalid(
+                        line(s),
+                        field,
+                        format!("{d} has no midnight in {time_zone}"),
+                    )
                 })
             })
             .transpose()
@@ -297,8 +301,7 @@ fn periods(
         if !p.value.rate.is_finite() {
             return Err(ctx.invalid(l, &format!("{at}.rate"), "not a number".into()));
         }
-        let index = u16::try_from(i)
-            .map_err(|_| ctx.invalid(l, &at, "too many periods".into()))?;
+        let index = u16::try_from(i).map_err(|_| ctx.invalid(l, &at, "too many periods".into()))?;
         periods.push(Period {
             name: name.to_owned(),
             price: PricePerMwh(p.value.rate * to_mwh),
@@ -405,8 +408,8 @@ fn selection(ctx: &Ctx<'_>, l: u64, at: &str, p: &RawPeriod) -> Result<Selection
             let mut qs = BTreeSet::new();
             for (j, range) in list.iter().enumerate() {
                 let field = format!("{at}.hours[{j}]");
-                let (from, to) = time_range(range)
-                    .map_err(|reason| ctx.invalid(l, &field, reason))?;
+                let (from, to) =
+                    time_range(range).map_err(|reason| ctx.invalid(l, &field, reason))?;
                 if from < to {
                     qs.extend(from..to);
                 } else {
@@ -447,10 +450,7 @@ fn time_range(s: &str) -> Result<(usize, usize), String> {
     let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
     let clock = |t: &str| -> Result<usize, String> {
         let (h, m) = t.trim().split_once(':').ok_or_else(bad)?;
-        let (h, m): (usize, usize) = (
-            h.parse().map_err(|_| bad())?,
-            m.parse().map_err(|_| bad())?,
-        );
+        let (h, m): (usize, usize) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
         let minutes = h * 60 + m;
         if m >= 60 || minutes > 24 * 60 {
             return Err(bad());
@@ -463,7 +463,11 @@ fn time_range(s: &str) -> Result<(usize, usize), String> {
         Ok(minutes / QUARTER_MINUTES as usize)
     };
     let (from, to) = (clock(a)?, clock(b)?);
-    let to = if to == QUARTERS_PER_DAY { to } else { to % QUARTERS_PER_DAY };
+    let to = if to == QUARTERS_PER_DAY {
+        to
+    } else {
+        to % QUARTERS_PER_DAY
+    };
     if from == to || from >= QUARTERS_PER_DAY {
         return Err(format!("`{s}` is empty; a whole day is `00:00-24:00`"));
     }

@@ -249,7 +249,10 @@ impl Tariff {
     /// Reads a tariff file: OpenEI URDB JSON (`.json`) or the hand-written YAML form (`.yaml`,
     /// `.yml`). `urdb` gives what a URDB record does not say (its time zone, ...); it must be
     /// `None` for a YAML tariff, which states all of it.
-    pub fn load(path: &std::path::Path, urdb: Option<&urdb::UrdbOptions>) -> Result<Self, TariffError> {
+    pub fn load(
+        path: &std::path::Path,
+        urdb: Option<&urdb::UrdbOptions>,
+    ) -> Result<Self, TariffError> {
         let bytes = std::fs::read(path).map_err(|source| TariffError::Reading {
             path: path.to_owned(),
             source,
@@ -405,14 +408,13 @@ impl Tariff {
 
     /// "in effect from ... until ..." for messages.
     pub fn effective_dates(&self) -> String {
-        let f = |t: Option<DateTime<Utc>>| {
-            t.map_or("-".to_owned(), |t| t.format("%Y-%m-%dT%H:%MZ").to_string())
-        };
-        format!(
-            "in effect from {} until {}",
-            f(self.effective_from),
-            f(self.effective_until)
-        )
+        let f = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%MZ").to_string();
+        match (self.effective_from, self.effective_until) {
+            (None, None) => "with no effective dates".to_owned(),
+            (Some(a), None) => format!("in effect from {}", f(a)),
+            (None, Some(b)) => format!("in effect until {}", f(b)),
+            (Some(a), Some(b)) => format!("in effect from {} until {}", f(a), f(b)),
+        }
     }
 
     /// What an operator should know besides the prices: where the tariff came from, its
@@ -431,11 +433,7 @@ impl Tariff {
                 self.time_zone,
                 self.effective_dates()
             ),
-            format!(
-                "periods ({}/MWh): {}",
-                self.currency,
-                periods.join(", ")
-            ),
+            format!("periods ({}/MWh): {}", self.currency, periods.join(", ")),
         ];
         for d in &self.demand_charges {
             let months = if d.months.is_empty() {
@@ -455,12 +453,12 @@ impl Tariff {
             } else {
                 String::new()
             };
-            let kind = match d.kind {
-                DemandKind::Flat => "flat",
-                DemandKind::TimeOfUse => "time-of-use",
+            let on = match d.kind {
+                DemandKind::Flat => "the month's peak",
+                DemandKind::TimeOfUse => "the month's peak within the period",
             };
             notes.push(format!(
-                "demand charge (reported, not optimised): {kind} `{}` {} {}/{} per month{months}{tiers}",
+                "demand charge (reported, not optimised): `{}` {} {}/{} per month on {on}{months}{tiers}",
                 d.name, d.rate, self.currency, d.unit
             ));
         }
@@ -503,6 +501,12 @@ impl SignalProvider for TariffSource {
 
     fn notes(&self) -> Vec<String> {
         self.tariff.notes()
+    }
+
+    fn valid_until(&self, _answer: &PriceSeries) -> DateTime<Utc> {
+        self.tariff
+            .effective_until
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
     }
 }
 
@@ -573,7 +577,10 @@ mod tests {
         let t = two_period(chrono_tz::America::Los_Angeles);
         // 16:00 PST is 00:00Z; 16:00 PDT is 23:00Z.
         assert_eq!(t.period_name_at(utc("2024-11-04T00:00:00Z")), Some("peak"));
-        assert_eq!(t.period_name_at(utc("2024-11-03T23:00:00Z")), Some("off-peak"));
+        assert_eq!(
+            t.period_name_at(utc("2024-11-03T23:00:00Z")),
+            Some("off-peak")
+        );
         assert_eq!(t.period_name_at(utc("2024-07-01T23:00:00Z")), Some("peak"));
         let day = t
             .series(Window {
@@ -599,7 +606,10 @@ mod tests {
             .expect("series");
         assert_eq!(s.resolution_minutes, 15);
         // 16:00 IST is 10:30Z.
-        assert_eq!(t.period_name_at(utc("2024-01-01T10:15:00Z")), Some("off-peak"));
+        assert_eq!(
+            t.period_name_at(utc("2024-01-01T10:15:00Z")),
+            Some("off-peak")
+        );
         assert_eq!(t.period_name_at(utc("2024-01-01T10:30:00Z")), Some("peak"));
     }
 
@@ -607,7 +617,10 @@ mod tests {
     fn outside_the_effective_dates_there_is_no_price() {
         let mut t = two_period(chrono_tz::UTC);
         t.effective_until = Some(utc("2024-01-01T12:00:00Z"));
-        assert_eq!(t.price_at(utc("2024-01-01T11:00:00Z")), Some(PricePerMwh(100.0)));
+        assert_eq!(
+            t.price_at(utc("2024-01-01T11:00:00Z")),
+            Some(PricePerMwh(100.0))
+        );
         assert_eq!(t.price_at(utc("2024-01-01T12:00:00Z")), None);
         let s = t
             .series(Window {

@@ -234,9 +234,9 @@ fn record_to_tariff(ctx: &Ctx<'_>, r: Record, opts: &UrdbOptions) -> Result<Tari
             } else {
                 &weekend
             };
-            for hour in 0..HOURS {
+            for (hour, period) in rows[month].iter().enumerate() {
                 for q in 0..QUARTERS_PER_HOUR {
-                    table.set(month, day, hour * QUARTERS_PER_HOUR + q, rows[month][hour]);
+                    table.set(month, day, hour * QUARTERS_PER_HOUR + q, *period);
                 }
             }
         }
@@ -324,10 +324,7 @@ fn period_names(
 ) -> Result<Vec<String>, TariffError> {
     match labels {
         Some(l) if l.len() == n => Ok(l),
-        Some(l) => Err(ctx.invalid(
-            field,
-            format!("{} names for {n} periods", l.len()),
-        )),
+        Some(l) => Err(ctx.invalid(field, format!("{} names for {n} periods", l.len()))),
         None => Ok((0..n).map(|i| format!("period {i}")).collect()),
     }
 }
@@ -399,10 +396,7 @@ fn schedule(
         return Err(ctx.invalid(field, "missing".to_owned()));
     };
     if rows.len() != MONTHS {
-        return Err(ctx.invalid(
-            field,
-            format!("has {} months, not {MONTHS}", rows.len()),
-        ));
+        return Err(ctx.invalid(field, format!("has {} months, not {MONTHS}", rows.len())));
     }
     let mut out = Vec::with_capacity(MONTHS);
     for (m, row) in rows.iter().enumerate() {
@@ -419,7 +413,10 @@ fn schedule(
                 _ => {
                     return Err(ctx.invalid(
                         &format!("{field}[{m}][{h}]"),
-                        format!("period {p} does not exist (the rates have periods 0 to {})", n - 1),
+                        format!(
+                            "period {p} does not exist (the rates have periods 0 to {})",
+                            n - 1
+                        ),
                     ));
                 }
             }
@@ -462,7 +459,11 @@ fn flat_demand(
             continue;
         }
         out.push(DemandCharge {
-            name: format!("flat {p}"),
+            name: if structure.len() == 1 {
+                "flat".to_owned()
+            } else {
+                format!("flat period {p}")
+            },
             kind: DemandKind::Flat,
             rate,
             unit: unit.unwrap_or(DEMAND_UNIT).to_owned(),
@@ -511,7 +512,10 @@ fn tou_demand(
         let rate = tier_rate(ctx, &at, first, false)?;
         let months: Vec<u32> = (0..MONTHS)
             .filter(|m| {
-                weekday[*m].iter().chain(&weekend[*m]).any(|x| usize::from(*x) == p)
+                weekday[*m]
+                    .iter()
+                    .chain(&weekend[*m])
+                    .any(|x| usize::from(*x) == p)
             })
             .map(|m| m as u32 + 1)
             .collect();
@@ -524,7 +528,11 @@ fn tou_demand(
             rate,
             unit: unit.unwrap_or(DEMAND_UNIT).to_owned(),
             tiers: tiers.len(),
-            months: if months.len() == MONTHS { vec![] } else { months },
+            months: if months.len() == MONTHS {
+                vec![]
+            } else {
+                months
+            },
         });
     }
     Ok(out)
