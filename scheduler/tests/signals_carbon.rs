@@ -384,8 +384,12 @@ async fn watttime_429_500_timeouts_and_cut_bodies_are_errors() {
         "{e:?}"
     );
     for (reply, what) in [
-        (Reply::Status(500, "internal error", None), "HTTP 500"),
-        (Reply::Truncated(read(FORECAST)), ""),
+        (
+            Reply::Status(500, "internal error", None),
+            "HTTP 500: internal error",
+        ),
+        // The length announced, half the body sent: the connection ends early.
+        (Reply::Truncated(read(FORECAST)), "fetching watttime from"),
         (
             Reply::Body(read(FORECAST)[..700].to_vec()),
             "parsing the answer of watttime",
@@ -402,6 +406,18 @@ async fn watttime_429_500_timeouts_and_cut_bodies_are_errors() {
         .await;
         let e = error(caiso(&server.base, Endpoint::Forecast).fetch(w).await);
         assert!(e.to_string().contains(what), "{e}");
+        if what.starts_with("fetching") {
+            assert!(
+                matches!(
+                    e,
+                    SignalError::Fetching {
+                        failure: FetchFailure::Transport(_),
+                        ..
+                    }
+                ),
+                "{e:?}"
+            );
+        }
     }
     let server = serve(vec![
         ("/login", Reply::Body(LOGIN.into())),
@@ -664,4 +680,138 @@ fn carbon_aware_sdk_bad_documents_are_refused() {
         .expect("DE");
     assert_eq!(de.points.len(), 46);
     assert_eq!(de.zone, "DE");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Energy-Charts.
+
+const EC_DE: &str = "energy_charts/co2eq_de_2024-03-22.json";
+const EC_CH: &str = "energy_charts/co2eq_ch_2024-03-22.json";
+
+/// Checks a series against the raw parallel lists: measured where `co2eq` has a value,
+/// forecast where only `co2eq_forecast` has one.
+fn assert_matches_energy_charts(series: &Series<GramsPerKwh>, raw: &Value) {
+    let times = raw["unix_seconds"].as_array().expect("times");
+    let mut points = series.points.iter();
+    for (i, t) in times.iter().enumerate() {
+        let start = DateTime::from_timestamp(t.as_i64().expect("secs"), 0).expect("instant");
+        let (value, quality) = match (raw["co2eq"][i].as_f64(), raw["co2eq_forecast"][i].as_f64()) {
+            (Some(v), _) => (v, Quality::Published),
+            (None, Some(v)) => (v, Quality::Estimated),
+            (None, None) => continue,
+        };
+        let p = points.next().expect("a point for each value");
+        assert_eq!(p.start, start);
+        assert_eq!(p.value.value(), value, "{start}");
+        assert_eq!(p.quality, quality, "{start}");
+    }
+    assert!(points.next().is_none());
+}
+
+#[tokio::test]
+async fn energy_charts_measured_then_forecast_at_its_own_resolution() {
+    use offpeak_scheduler::signals::energy_charts::{self, EnergyCharts};
+    let server = serve(vec![("/co2eq", Reply::Body(read(EC_DE)))]).await;
+    let s = EnergyCharts::new(fetcher(), &server.base, "de")
+        .fetch(window("2024-03-22T00:00:00Z", "2024-03-24T00:00:00Z"))
+        .await
+        .expect("fetch");
+    assert!(server.requests()[0].starts_with("GET /co2eq?country=de "));
+    assert_matches_energy_charts(&s, &raw_json(EC_DE));
+    assert_eq!(s.resolution_minutes, 15);
+    assert_eq!(s.zone, "de");
+    assert_eq!(s.basis, CarbonBasis::Unspecified);
+    // Measured until the forecast takes over.
+    assert!(s.published_until().is_some_and(|t| t < s.known_until));
+    let ch = energy_charts::parse(&read(EC_CH), "ch").expect("ch");
+    assert_eq!(ch.resolution_minutes, 60);
+    assert_matches_energy_charts(&ch, &raw_json(EC_CH));
+
+    let bad = |edit: &dyn Fn(&mut Value)| {
+        let mut v = raw_json(EC_DE);
+        edit(&mut v);
+        error(energy_charts::parse(
+            &serde_json::to_vec(&v).expect("json"),
+            "de",
+        ))
+        .to_string()
+    };
+    let e = bad(&|v| {
+        v["co2eq"].as_array_mut().expect("list").pop();
+    });
+    assert!(
+        e.contains("the lists differ in length: 188 times, 187 measured"),
+        "{e}"
+    );
+    let e = bad(&|v| v["co2eq"][0] = (-3.0).into());
+    assert!(
+        e.contains("-3 at 2024-03-22T00:00:00+00:00 is not an intensity"),
+        "{e}"
+    );
+    let e = bad(&|v| v["unix_seconds"][1] = v["unix_seconds"][0].clone());
+    assert!(e.contains("is given twice"), "{e}");
+    let e = bad(&|v| {
+        *v = serde_json::json!({"unix_seconds": [1711065600], "co2eq": [300], "co2eq_forecast": [null]});
+    });
+    assert!(e.contains("at least two times"), "{e}");
+    let whole = read(EC_DE);
+    let e = error(energy_charts::parse(&whole[..whole.len() / 2], "de")).to_string();
+    assert!(e.contains("EOF while parsing"), "{e}");
+    server.answer_all(Reply::Status(502, "<html>Bad Gateway</html>", None));
+    let e = error(
+        EnergyCharts::new(fetcher(), &server.base, "de")
+            .fetch(window("2024-03-22T00:00:00Z", "2024-03-24T00:00:00Z"))
+            .await,
+    );
+    assert!(
+        e.to_string().contains("HTTP 502: <html>Bad Gateway</html>"),
+        "{e}"
+    );
+}
+
+#[tokio::test]
+async fn carbon_aware_sdk_and_energy_charts_http_failures_are_errors() {
+    use offpeak_scheduler::signals::energy_charts::EnergyCharts;
+    let w = window("2024-03-24T00:00:00Z", "2024-03-25T00:00:00Z");
+    let quick = HttpFetcher::direct(Duration::from_millis(300)).expect("client");
+    let web = |base: &str, fetcher: HttpFetcher| CarbonAware {
+        location: Location::WebApi {
+            fetcher,
+            base_url: base.to_owned(),
+            location: "DE".into(),
+        },
+        basis: CarbonBasis::Unspecified,
+        zeros: Zeros::AreGaps,
+        sdk_location: None,
+    };
+    let cases = [
+        (
+            Reply::Status(429, "Too many requests", Some("90")),
+            "HTTP 429 (retry after 90): Too many requests",
+        ),
+        (
+            Reply::Status(500, r#"{"title": "Internal Server Error"}"#, None),
+            "HTTP 500: Internal Server Error",
+        ),
+        (Reply::Silent, "no complete answer within"),
+        (
+            Reply::Truncated(read(CASDK_WEB)),
+            "fetching carbon-aware-sdk from",
+        ),
+    ];
+    for (reply, what) in cases {
+        let server = serve(vec![("/", reply)]).await;
+        let e = error(web(&server.base, quick.clone()).fetch(w).await).to_string();
+        assert!(e.contains(what), "{e}");
+        let e = error(
+            EnergyCharts::new(quick.clone(), &server.base, "de")
+                .fetch(w)
+                .await,
+        )
+        .to_string();
+        assert!(
+            e.contains(&what.replace("carbon-aware-sdk", "energy-charts")),
+            "{e}"
+        );
+    }
 }

@@ -206,7 +206,7 @@ fn new_sources_are_checked_at_load_naming_the_field() {
         "        - recorded: {provider: wattime, path: x.json}\n",
     );
     assert!(
-        e.contains("`wattime` is not uk_carbon, electricity_maps or watttime"),
+        e.contains("`wattime` is not uk_carbon, electricity_maps, energy_charts or watttime"),
         "{e}"
     );
     let e = config_err(

@@ -238,6 +238,7 @@ fn carbon_series(
         CarbonSourceConfig::CarbonAware { place, .. } => matches!(place, CarbonAwarePlace::File(_)),
         CarbonSourceConfig::UkCarbon { .. }
         | CarbonSourceConfig::ElectricityMaps { .. }
+        | CarbonSourceConfig::EnergyCharts { .. }
         | CarbonSourceConfig::WattTime { .. } => false,
     };
     if !offline {

@@ -9,9 +9,13 @@
 //! zone is also logged with `tracing::warn!`. The clock is passed in (`now`), so that staleness
 //! is decided the same way in tests, replays and production.
 //!
-//! Staleness: an answer is stale when its last point ended more than the zone's `max_age`
-//! before `now`. A stale answer is not thrown away: when nothing better is there (no fresh
-//! answer, no last good series, or an older one), it is used, and the zone is degraded.
+//! Staleness: an answer is stale when what the provider vouches for ended more than the zone's
+//! `max_age` before `now` ([`SignalProvider::valid_until`]: the end of its last point, or a
+//! tariff's effective end). A stale answer is not thrown away: when nothing better is there (no
+//! fresh answer, no last good series, or an older one), it is used, and the zone is degraded.
+//!
+//! Each failed attempt also says whether asking again soon may help ([`Retry`]), which the
+//! [`refresh`](super::refresh) schedule follows.
 
 use std::fmt;
 

@@ -189,6 +189,10 @@ pub enum CarbonSourceConfig {
         username: KeySource,
         password: KeySource,
     },
+    EnergyCharts {
+        base_url: String,
+        country: String,
+    },
     CarbonAware {
         place: CarbonAwarePlace,
         /// The SDK location to read from a document holding several.
@@ -213,15 +217,17 @@ impl CarbonSourceConfig {
             CarbonBasis::Direct | CarbonBasis::Lifecycle => Some(false),
         };
         match self {
-            CarbonSourceConfig::UkCarbon { .. } | CarbonSourceConfig::ElectricityMaps { .. } => {
-                Some(false)
-            }
+            CarbonSourceConfig::UkCarbon { .. }
+            | CarbonSourceConfig::ElectricityMaps { .. }
+            | CarbonSourceConfig::EnergyCharts { .. } => Some(false),
             CarbonSourceConfig::Csv { import, .. } => of(import.basis),
             CarbonSourceConfig::WattTime { signal, .. } => of(signal.basis()),
             CarbonSourceConfig::CarbonAware { basis, .. } => of(*basis),
             CarbonSourceConfig::Recorded { format, .. } => match format {
                 RecordedCarbon::WattTime { signal, .. } => of(signal.basis()),
-                RecordedCarbon::UkCarbon | RecordedCarbon::ElectricityMaps => Some(false),
+                RecordedCarbon::UkCarbon
+                | RecordedCarbon::ElectricityMaps
+                | RecordedCarbon::EnergyCharts => Some(false),
             },
         }
     }
@@ -273,7 +279,16 @@ enum RawCarbonSource {
     #[serde(rename = "watttime")]
     WattTime(RawWattTime),
     CarbonAwareSdk(RawCarbonAware),
+    EnergyCharts(RawEnergyCharts),
     Recorded(RawRecordedCarbon),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnergyCharts {
+    country: String,
+    #[serde(default)]
+    base_url: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1009,11 +1024,39 @@ impl Ctx<'_> {
             RawCarbonSource::CarbonAwareSdk(c) => {
                 self.carbon_aware(c, line, &format!("{at}.carbon_aware_sdk"))?
             }
+            RawCarbonSource::EnergyCharts(e) => {
+                let at = format!("{at}.energy_charts");
+                let country = e.country.trim().to_ascii_lowercase();
+                if country.is_empty()
+                    || !country
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-')
+                {
+                    return Err(self.invalid(
+                        line,
+                        &format!("{at}.country"),
+                        format!(
+                            "`{}` is not an Energy-Charts country code (de, fr, ch, ...)",
+                            e.country
+                        ),
+                    ));
+                }
+                CarbonSourceConfig::EnergyCharts {
+                    base_url: self.base_url(
+                        &e.base_url,
+                        super::energy_charts::DEFAULT_BASE_URL,
+                        line,
+                        &at,
+                    )?,
+                    country,
+                }
+            }
             RawCarbonSource::Recorded(r) => {
                 let at = format!("{at}.recorded");
                 let format = match r.provider.as_str() {
                     "uk_carbon" => RecordedCarbon::UkCarbon,
                     "electricity_maps" => RecordedCarbon::ElectricityMaps,
+                    "energy_charts" => RecordedCarbon::EnergyCharts,
                     "watttime" => {
                         let (signal, endpoint) =
                             self.watttime_signal(&r.signal, &r.endpoint, line, &at)?;
@@ -1023,7 +1066,10 @@ impl Ctx<'_> {
                         return Err(self.invalid(
                             line,
                             &format!("{at}.provider"),
-                            format!("`{other}` is not uk_carbon, electricity_maps or watttime"),
+                            format!(
+                                "`{other}` is not uk_carbon, electricity_maps, energy_charts or \
+                                 watttime"
+                            ),
                         ));
                     }
                 };

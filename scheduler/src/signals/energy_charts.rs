@@ -35,7 +35,11 @@ pub struct EnergyCharts {
 }
 
 impl EnergyCharts {
-    pub fn new(fetcher: HttpFetcher, base_url: impl Into<String>, country: impl Into<String>) -> Self {
+    pub fn new(
+        fetcher: HttpFetcher,
+        base_url: impl Into<String>,
+        country: impl Into<String>,
+    ) -> Self {
         Self {
             fetcher,
             base_url: base_url.into().trim_end_matches('/').to_owned(),
@@ -118,7 +122,13 @@ pub fn parse(body: &[u8], country: &str) -> Result<CarbonSeries, SignalError> {
         });
     }
     let resolution = spacing_minutes(&starts).map_err(bad)?;
-    Series::new(PROVIDER, country, CarbonBasis::Unspecified, resolution, points)
+    Series::new(
+        PROVIDER,
+        country,
+        CarbonBasis::Unspecified,
+        resolution,
+        points,
+    )
 }
 
 /// The smallest positive step between the listed times, in whole minutes.

@@ -16,6 +16,7 @@
 //!   (lbs/MWh converted to g/kWh);
 //! - [`carbon_aware`]: the Green Software Foundation Carbon Aware SDK's emissions forecast
 //!   (its JSON data-source form and its Web API answer);
+//! - [`energy_charts`]: Energy-Charts (Fraunhofer ISE) measured and forecast CO2eq intensity;
 //! - [`csv_import`]: any CSV with a time and a value column, in a stated time zone and unit;
 //! - [`octopus`]: Octopus Energy Agile half-hourly unit rates (GBP);
 //! - [`awattar`]: aWATTar day-ahead market prices (EUR);
@@ -46,6 +47,7 @@ pub mod chain;
 pub mod config;
 pub mod csv_import;
 pub mod electricity_maps;
+pub mod energy_charts;
 pub mod entsoe;
 mod http;
 pub mod octopus;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::octopus::Vat;
 use super::{
     CarbonSeries, FetchFailure, PriceSeries, Publication, SignalError, SignalProvider, Window,
-    awattar, electricity_maps, entsoe, octopus, uk_carbon, watttime,
+    awattar, electricity_maps, energy_charts, entsoe, octopus, uk_carbon, watttime,
 };
 use crate::units::{GramsPerKwh, PricePerMwh};
 
@@ -28,6 +28,8 @@ pub enum RecordedPrice {
 pub enum RecordedCarbon {
     UkCarbon,
     ElectricityMaps,
+    /// An Energy-Charts `/co2eq` answer (the zone names its country).
+    EnergyCharts,
     WattTime {
         signal: watttime::Signal,
         endpoint: watttime::Endpoint,
@@ -73,11 +75,12 @@ impl RecordedPrice {
 }
 
 impl RecordedCarbon {
-    /// Parses `body` as this provider's answer.
-    pub fn parse(&self, body: &[u8]) -> Result<CarbonSeries, SignalError> {
+    /// Parses `body` as this provider's answer; `zone` names a series the answer does not.
+    pub fn parse(&self, body: &[u8], zone: &str) -> Result<CarbonSeries, SignalError> {
         match self {
             RecordedCarbon::UkCarbon => uk_carbon::parse(body),
             RecordedCarbon::ElectricityMaps => electricity_maps::parse(body),
+            RecordedCarbon::EnergyCharts => energy_charts::parse(body, zone),
             RecordedCarbon::WattTime { signal, endpoint } => {
                 watttime::parse(body, *signal, *endpoint)
             }
@@ -88,6 +91,7 @@ impl RecordedCarbon {
         match self {
             RecordedCarbon::UkCarbon => uk_carbon::PROVIDER,
             RecordedCarbon::ElectricityMaps => electricity_maps::PROVIDER,
+            RecordedCarbon::EnergyCharts => energy_charts::PROVIDER,
             RecordedCarbon::WattTime { .. } => watttime::PROVIDER,
         }
     }
@@ -123,7 +127,7 @@ impl SignalProvider for Recorded<RecordedCarbon> {
 
     async fn fetch(&self, _window: Window) -> Result<CarbonSeries, SignalError> {
         let body = self.read(self.name())?;
-        self.format.parse(&body)
+        self.format.parse(&body, &self.zone)
     }
 
     fn publication(&self) -> Publication {

@@ -10,6 +10,7 @@ use super::carbon_aware::{self, CarbonAware};
 use super::config::{CarbonAwarePlace, CarbonSourceConfig, CsvPlace, KeySource, PriceSourceConfig};
 use super::csv_import::{CarbonUnit, CsvLocation, CsvSource, PriceUnit};
 use super::electricity_maps::ElectricityMaps;
+use super::energy_charts::EnergyCharts;
 use super::entsoe::Entsoe;
 use super::octopus::OctopusAgile;
 use super::recorded::{Recorded, RecordedCarbon, RecordedPrice};
@@ -47,6 +48,7 @@ pub enum CarbonProvider {
     Csv(CsvSource<CarbonUnit>),
     WattTime(WattTime),
     CarbonAware(CarbonAware),
+    EnergyCharts(EnergyCharts),
     Recorded(Recorded<RecordedCarbon>),
     /// A source that could not be built (its API key is unreadable): it fails every fetch.
     Unavailable {
@@ -78,7 +80,7 @@ macro_rules! price {
 
 macro_rules! carbon {
     ($($rest:tt)*) => {
-        dispatch!(CarbonProvider [UkCarbon, ElectricityMaps, Csv, WattTime, CarbonAware, Recorded], $($rest)*)
+        dispatch!(CarbonProvider [UkCarbon, ElectricityMaps, Csv, WattTime, CarbonAware, EnergyCharts, Recorded], $($rest)*)
     };
 }
 
@@ -307,6 +309,9 @@ impl CarbonProvider {
                 zeros: *zeros,
                 sdk_location: location.clone(),
             }),
+            CarbonSourceConfig::EnergyCharts { base_url, country } => {
+                CarbonProvider::EnergyCharts(EnergyCharts::new(fetcher.clone(), base_url, country))
+            }
             CarbonSourceConfig::Recorded { path, format } => CarbonProvider::Recorded(Recorded {
                 path: path.clone(),
                 format: format.clone(),
