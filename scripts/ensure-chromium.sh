@@ -5,7 +5,6 @@
 # nothing: the test then skips loudly, or fails when CI=true.
 #   export OFFPEAK_TEST_CHROMIUM="$(bash scripts/ensure-chromium.sh)"
 set -euo pipefail
-log() { echo "ensure-chromium: $*" >&2; }
 find_chromium() {
   for c in /usr/bin/chromium "$(command -v chromium 2>/dev/null || true)"; do
     if [ -n "$c" ] && [ -x "$c" ]; then echo "$c"; return 0; fi
@@ -13,11 +12,5 @@ find_chromium() {
   return 1
 }
 if path=$(find_chromium); then echo "$path"; exit 0; fi
-if [ "$(id -u)" -ne 0 ]; then
-  log "chromium is not installed and this is not root: install Debian's chromium package"
-  exit 1
-fi
-log "installing chromium with apt-get"
-apt-get update -qq >&2
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >&2
+bash "$(dirname "$0")/apt-install.sh" ensure-chromium chromium chromium
 find_chromium

@@ -22,13 +22,7 @@ pg_bin() {
 
 bin=$(pg_bin || true)
 if [ -z "$bin" ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    log "PostgreSQL is not installed and this is not root: install Debian's postgresql package"
-    exit 1
-  fi
-  log "installing PostgreSQL with apt-get"
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >&2
+  bash "$(dirname "$0")/apt-install.sh" ensure-postgres postgresql PostgreSQL
   bin=$(pg_bin)
 fi
 

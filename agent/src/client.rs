@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use offpeak_proto::v1::agent_service_client::AgentServiceClient;
-use offpeak_proto::v1::{Device, RegisterRequest, SampleBatch};
+use offpeak_proto::v1::{Device, RegisterRequest, RegisterResponse, SampleBatch};
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -115,6 +115,28 @@ impl UplinkConfig {
             })?
             .connect_timeout(CONNECT_TIMEOUT))
     }
+}
+
+/// Connects to the scheduler and registers this node and its devices: how every session of
+/// either link (this uplink and the [command link](crate::commands)) begins, since the
+/// scheduler knows an agent only by the id registering gives.
+pub(crate) async fn connect_and_register(
+    endpoint: &Endpoint,
+    config: &UplinkConfig,
+    devices: &[Device],
+) -> Result<(AgentServiceClient<Channel>, RegisterResponse), ClientError> {
+    let channel = endpoint.connect().await.map_err(ClientError::Connect)?;
+    let mut client = AgentServiceClient::new(channel);
+    let registered = client
+        .register(RegisterRequest {
+            node: config.node.clone(),
+            zone: config.zone.clone(),
+            devices: devices.to_vec(),
+        })
+        .await
+        .map_err(ClientError::Register)?
+        .into_inner();
+    Ok((client, registered))
 }
 
 /// What the uplink did, returned when it stops.
@@ -285,21 +307,8 @@ impl Uplink {
     /// One connection: register, replay the buffer, send new batches, close the stream after
     /// `batches_per_stream` (or when the input closes) and drop what the scheduler confirmed.
     async fn session(&mut self) -> Result<(), ClientError> {
-        let channel: Channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(ClientError::Connect)?;
-        let mut client = AgentServiceClient::new(channel);
-        let registered = client
-            .register(RegisterRequest {
-                node: self.config.node.clone(),
-                zone: self.config.zone.clone(),
-                devices: self.devices.clone(),
-            })
-            .await
-            .map_err(ClientError::Register)?
-            .into_inner();
+        let (mut client, registered) =
+            connect_and_register(&self.endpoint, &self.config, &self.devices).await?;
         self.next_sequence = self
             .next_sequence
             .max(registered.last_sequence.saturating_add(1));

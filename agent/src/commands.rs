@@ -10,14 +10,14 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use offpeak_proto::v1::agent_service_client::AgentServiceClient;
-use offpeak_proto::v1::{Command, CommandAck, CommandsRequest, Device, RegisterRequest};
+use offpeak_proto::v1::{Command, CommandAck, CommandsRequest, Device};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::transport::Endpoint;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
-use crate::client::{ClientError, UplinkConfig, error_chain};
+use crate::client::{ClientError, UplinkConfig, connect_and_register, error_chain};
 
 /// Commands received but not yet taken by the agent. The scheduler keeps at most 256
 /// unacknowledged commands per agent, so this never fills in practice.
@@ -157,22 +157,9 @@ impl Link {
     }
 
     async fn try_session(&mut self) -> Result<(), ClientError> {
-        let channel = self
-            .endpoint
-            .connect()
-            .await
-            .map_err(ClientError::Connect)?;
-        let mut client = AgentServiceClient::new(channel);
-        let agent_id = client
-            .register(RegisterRequest {
-                node: self.config.node.clone(),
-                zone: self.config.zone.clone(),
-                devices: self.devices.clone(),
-            })
-            .await
-            .map_err(ClientError::Register)?
-            .into_inner()
-            .agent_id;
+        let (mut client, registered) =
+            connect_and_register(&self.endpoint, &self.config, &self.devices).await?;
+        let agent_id = registered.agent_id;
         self.id_tx.send_replace(Some(agent_id.clone()));
         self.backoff = self.config.backoff_initial;
         // Acknowledgements from before the reconnect go first.

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use offpeak_proto::v1::{JobPlan, PlanPhase};
 
-use crate::crd::{JobPhase, PlanStatus, PlannedNode};
+use crate::crd::{JobPhase, MeteredStatus, PlanStatus, PlannedNode};
 use crate::decide::PhaseDetail;
 
 pub const VALID: &str = "Valid";
@@ -167,6 +167,16 @@ pub fn plan_status(plan: &JobPlan) -> PlanStatus {
     }
 }
 
+/// What the scheduler metered on the job's pods so far (energy to the watt-hour, money to the
+/// cent, carbon to the gram).
+pub fn metered_status(plan: &JobPlan) -> MeteredStatus {
+    MeteredStatus {
+        energy_kwh: round(plan.metered_it_kwh, 1000.0),
+        cost: round(plan.metered_cost, 100.0),
+        carbon_kg: round(plan.metered_carbon_kg, 1000.0),
+    }
+}
+
 fn round(x: f64, per_unit: f64) -> f64 {
     if x.is_finite() {
         (x * per_unit).round() / per_unit
@@ -272,5 +282,17 @@ mod tests {
         assert_eq!(s.estimated_cost, 12.35);
         assert_eq!(s.estimated_carbon_kg, 4.568);
         assert_eq!(s.estimated_saving, 4.0);
+    }
+
+    #[test]
+    fn metered_status_rounds_to_the_watt_hour_cent_and_gram() {
+        let plan = JobPlan {
+            metered_it_kwh: 12.34567,
+            metered_cost: 1.2345,
+            metered_carbon_kg: f64::NAN,
+            ..Default::default()
+        };
+        let m = metered_status(&plan);
+        assert_eq!((m.energy_kwh, m.cost, m.carbon_kg), (12.346, 1.23, 0.0));
     }
 }

@@ -124,6 +124,11 @@ pub fn build(
         preemptible: spec.preemptible,
         price_cap_per_mwh: caps.price_cap_per_mwh,
         carbon_cap_g_per_kwh: caps.carbon_cap_g_per_kwh,
+        monthly_budget: resolved.monthly_budget,
+        carbon_price_per_tonne: resolved.carbon_price_per_tonne,
+        // A suspended job stays submitted (a cancelled one could not come back under its
+        // uid), held: the scheduler keeps no capacity for it until it is resumed.
+        held: spec.suspend,
     };
     Ok(Submission { spec, caps })
 }
@@ -215,6 +220,26 @@ mod tests {
         );
         assert!(s.spec.preemptible);
         assert_eq!(s.caps.policies, ["cluster"]);
+        assert_eq!(
+            (s.spec.monthly_budget, s.spec.carbon_price_per_tonne),
+            (None, None)
+        );
+        assert!(!s.spec.held);
+    }
+
+    #[test]
+    fn budget_carbon_price_and_suspend_reach_the_scheduler() {
+        let mut spec = spec_with_delay("36h");
+        spec.suspend = true;
+        let resolved = Resolved {
+            monthly_budget: Some(5000.0),
+            carbon_price_per_tonne: Some(120.0),
+            ..Default::default()
+        };
+        let s = build(&job(spec), &resolved, at(CREATED + 60), true).expect("valid");
+        assert_eq!(s.spec.monthly_budget, Some(5000.0));
+        assert_eq!(s.spec.carbon_price_per_tonne, Some(120.0));
+        assert!(s.spec.held, "a suspended job is held");
     }
 
     #[test]

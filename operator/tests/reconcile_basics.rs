@@ -1,7 +1,8 @@
 //! Reconciler scenarios that need no scheduler answer: the finalizer is added first, a
 //! scheduler that cannot be reached sets a condition and backs off, an object that cannot run
-//! as written gets a condition and no requeue, and a plan not yet due patches the status and
-//! creates nothing. Each asserts the exact Kubernetes API calls (mock API server).
+//! as written gets a condition and no requeue, a plan not yet due patches the status and
+//! creates nothing, and the energy the scheduler metered reaches the status. Each asserts the
+//! exact Kubernetes API calls (mock API server).
 
 mod support;
 
@@ -179,5 +180,41 @@ async fn a_plan_not_yet_due_patches_the_status_and_creates_nothing() {
         .expect("reconcile");
     // Woken at the planned start at the latest (the plan stream triggers it too).
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    serving.finish().await;
+}
+
+#[tokio::test]
+async fn the_energy_the_scheduler_metered_is_in_the_status() {
+    let (client, server) = mock_client();
+    let job = fx::submitted(
+        fx::finalized(fx::job(2, now())),
+        JobPhase::Running,
+        Some("RUNNING"),
+    );
+    let mut plan = fx::plan(PlanPhase::Run, now().timestamp() - 600, 3);
+    plan.metered_it_kwh = 12.34567;
+    plan.metered_cost = 1.2345;
+    plan.metered_carbon_kg = 3.45678;
+    let pods: Vec<_> = (0..2)
+        .map(|rank| fx::pod(&job, &plan, rank, "Running", false))
+        .collect();
+    let serving = server.serve(vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&pods)),
+        Expect::patch(uri::status())
+            .body(move |b| {
+                let status = &b["status"];
+                assert_eq!(status["phase"], "Running");
+                assert_eq!(
+                    status["metered"],
+                    json!({"energyKwh": 12.346, "cost": 1.23, "carbonKg": 3.457})
+                );
+            })
+            .reply_with(fx::with_applied_status(&job)),
+    ]);
+    let ctx = fx::context(client, &fx::dead_address(), now());
+    ctx.plans.upsert(plan);
+    reconcile(Arc::new(job), ctx.clone())
+        .await
+        .expect("reconcile");
     serving.finish().await;
 }

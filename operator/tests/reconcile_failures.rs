@@ -220,9 +220,10 @@ async fn jobs_the_scheduler_refuses_get_a_condition_and_no_requeue() {
             "16 is more than any node has",
         ),
         (
-            "carbon cap",
-            |j| j.spec.carbon_cap_g_per_kwh = Some(200.0),
-            "carbon caps are not supported",
+            // The schema refuses it; an object that got past it is refused by the scheduler.
+            "negative carbon cap",
+            |j| j.spec.carbon_cap_g_per_kwh = Some(-5.0),
+            "`carbon_cap_g_per_kwh`: -5 must be a number, zero or more",
         ),
     ];
     for (what, edit, message) in cases {

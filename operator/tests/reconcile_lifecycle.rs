@@ -381,7 +381,12 @@ async fn spec_suspend_holds_the_job_down_and_unsuspending_resumes_it() {
     assert_eq!(result.expect("reconcile"), Action::await_change());
     keep_status(&mut job, &seen);
 
-    // Unsuspended while the plan still says RUN: the workers come back.
+    // The job was submitted held: from the next boundary the scheduler keeps no nodes for it.
+    scheduler.clock.set(t0() + Duration::minutes(75));
+    let held = held_plan(&scheduler).await;
+    assert!(held.nodes.is_empty() && held.start_unix_s == 0, "{held:?}");
+
+    // Unsuspended: planned again at once (the cheap hour is not over), the workers come back.
     job.spec.suspend = false;
     job.metadata.generation = Some(3);
     let expect = vec![
@@ -399,4 +404,27 @@ async fn spec_suspend_holds_the_job_down_and_unsuspending_resumes_it() {
     let (_server, result, _) = step(server, &ctx, &job, expect).await;
     result.expect("reconcile");
     scheduler.stop().await;
+}
+
+/// Waits until the scheduler shows the job PLANNED and held by its user.
+async fn held_plan(scheduler: &Scheduler) -> offpeak_proto::v1::JobPlan {
+    let mut client = fx::placement(&scheduler.address);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let plan = client
+            .get_plan(GetPlanRequest {
+                key: fx::KEY.into(),
+            })
+            .await
+            .expect("the plan")
+            .into_inner();
+        if plan.phase == PlanPhase::Planned as i32 && plan.reason == "held by the user" {
+            return plan;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never held: {plan:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }

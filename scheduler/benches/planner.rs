@@ -79,6 +79,8 @@ fn fixture() -> Fixture {
                 deadline: (earliest + span).min(NOW + HORIZON),
                 preemptible: rng.below(10) < 6,
                 price_cap: (rng.below(3) == 0).then_some(PricePerMwh(150.0)),
+                carbon_cap: None,
+                carbon_price: None,
                 work_left: Hours(work),
                 runs_done: 0,
             }

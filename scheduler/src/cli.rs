@@ -34,7 +34,7 @@ pub enum Command {
     Signals(SignalsArgs),
     /// Serve node agents over gRPC (registry, sample ingest, energy metering) and, with
     /// --placement-config, the placement API and its live planning cycle, with an admin HTTP
-    /// port (/healthz, /readyz, /metrics), until ctrl-c.
+    /// port (/healthz, /readyz, /metrics), until ctrl-c or SIGTERM.
     Serve(ServeArgs),
     /// A month of the energy ledger for finance (CSV, FOCUS-shaped CSV or HTML).
     Report(ReportArgs),

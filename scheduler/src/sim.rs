@@ -190,6 +190,8 @@ pub fn simulate(
                     deadline: sc.deadline_slot(job),
                     preemptible: job.preemptible,
                     price_cap: job.price_cap,
+                    carbon_cap: job.carbon_cap,
+                    carbon_price: None,
                     work_left: job_progress::work_left(
                         job.work,
                         sc.checkpoint_overhead,

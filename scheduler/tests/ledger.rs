@@ -5,7 +5,7 @@
 
 mod ledger_common;
 
-use ledger_common::{Backend, backends, example_dir};
+use ledger_common::{Backend, backends, example_dir, on_every_backend};
 use offpeak_scheduler::ledger::{self, Allocation, Amounts, Batch, Fixed, LedgerRecord, Owner};
 use offpeak_scheduler::planner::PolicyKind;
 use offpeak_scheduler::scenario;
@@ -40,8 +40,7 @@ fn replay_totals_and_idempotence(backend: &Backend) -> anyhow::Result<()> {
     let records = ledger::from_replay(&sc, &replay, &alloc);
     assert!(!records.is_empty());
 
-    let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let mut store = fresh.open()?;
     let first = ledger::write_replay(store.as_mut(), &sc, &replay, &alloc)?;
     assert_eq!(first.records, records.len());
@@ -91,10 +90,7 @@ fn replay_totals_and_idempotence(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn replay_totals_equal_the_simulators_to_the_cent_and_replay_is_idempotent() -> anyhow::Result<()> {
-    for b in backends() {
-        replay_totals_and_idempotence(&b)?;
-    }
-    Ok(())
+    on_every_backend(replay_totals_and_idempotence)
 }
 
 fn record(job: &str, start: &str, end: &str) -> anyhow::Result<LedgerRecord> {
@@ -126,8 +122,7 @@ fn record(job: &str, start: &str, end: &str) -> anyhow::Result<LedgerRecord> {
 }
 
 fn corrections(backend: &Backend) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let mut store = fresh.open()?;
     let original = record("job-1", "2023-03-01T00:00:00Z", "2023-03-01T00:15:00Z")?;
     assert_eq!(
@@ -158,15 +153,11 @@ fn corrections(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn corrections_are_new_records_and_ids_are_deterministic() -> anyhow::Result<()> {
-    for b in backends() {
-        corrections(&b)?;
-    }
-    Ok(())
+    on_every_backend(corrections)
 }
 
 fn all_or_nothing(backend: &Backend) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let mut store = fresh.open()?;
     let good = record("job-1", "2023-03-01T00:00:00Z", "2023-03-01T00:15:00Z")?;
     let mut cf = good.clone();
@@ -196,10 +187,7 @@ fn all_or_nothing(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn a_batch_is_appended_whole_or_not_at_all() -> anyhow::Result<()> {
-    for b in backends() {
-        all_or_nothing(&b)?;
-    }
-    Ok(())
+    on_every_backend(all_or_nothing)
 }
 
 #[test]
@@ -210,11 +198,10 @@ fn both_backends_store_and_return_the_same_ledger() -> anyhow::Result<()> {
     }
     let sc = scenario::load(&example_dir())?;
     let replay = sim::simulate(&sc, PolicyKind::Asap.build().as_ref(), &mut |_, _| {})?;
-    let tmp = tempfile::tempdir()?;
     let (from, to) = (sc.grid.instant(0), sc.grid.instant(sc.n_slots));
     let mut seen = Vec::new();
     for b in &all {
-        let fresh = b.fresh(tmp.path())?;
+        let fresh = b.fresh()?;
         let mut store = fresh.open()?;
         ledger::write_replay(store.as_mut(), &sc, &replay, &allocation())?;
         seen.push((

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ledger_common::{Backend, TestLedger, backends, example_dir};
+use ledger_common::{Backend, TestLedger, example_dir, on_every_backend};
 use offpeak_scheduler::ledger::{Amounts, LedgerLocation};
 
 /// How long a run may take before the test gives up on it (a debug build replaying and
@@ -194,7 +194,7 @@ fn kill_and_resume(backend: &Backend) -> anyhow::Result<()> {
     let out = tmp.path().join("schedule.json");
 
     // The reference: one uninterrupted run, timing its write.
-    let reference = backend.fresh(tmp.path())?;
+    let reference = backend.fresh()?;
     reference.open()?;
     let (ref_location, mut ref_probe) = probe_for(backend, &reference, 1)?;
     let write_time = timed_write(&ref_location, &out, ref_probe.as_mut())?;
@@ -202,7 +202,7 @@ fn kill_and_resume(backend: &Backend) -> anyhow::Result<()> {
     let rows = want.0.0 + want.1.0;
     assert!(rows > MIN_ROWS, "a big ledger: {rows} records");
 
-    let ledger = backend.fresh(tmp.path())?;
+    let ledger = backend.fresh()?;
     // Create the schema first, so the probe sees the replay's write and not the migrations.
     ledger.open()?;
     let (location, mut probe) = probe_for(backend, &ledger, 0)?;
@@ -266,8 +266,5 @@ fn kill_and_resume(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn a_writer_killed_mid_write_loses_and_doubles_nothing() -> anyhow::Result<()> {
-    for b in backends() {
-        kill_and_resume(&b)?;
-    }
-    Ok(())
+    on_every_backend(kill_and_resume)
 }

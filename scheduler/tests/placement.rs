@@ -412,6 +412,45 @@ async fn a_capped_preemptible_job_is_suspended_above_its_cap_and_resumed_after()
 }
 
 #[tokio::test]
+async fn a_carbon_capped_job_runs_in_clean_hours_or_is_rejected_with_the_lowest_feasible_cap()
+-> anyhow::Result<()> {
+    // Cheap and dirty 02:00-06:00, clean and dear 10:00-14:00, dear and dirty otherwise.
+    let signals: Vec<(f64, f64)> = (0..48)
+        .map(|h| match h {
+            2..6 => (10.0, 420.0),
+            10..14 => (70.0, 120.0),
+            _ => (90.0, 380.0),
+        })
+        .collect();
+    let f = Fixture::new(signals);
+    let mut s = f.start().await?;
+    let free = s.submit(job("free", 1, 1.0, 20.0)).await?;
+    ensure!(
+        free.start_unix_s >= at(2.0).timestamp() && free.end_unix_s <= at(6.0).timestamp(),
+        "uncapped, the cheap hours win: {free:?}"
+    );
+    let mut capped = job("clean", 1, 1.0, 20.0);
+    capped.carbon_cap_g_per_kwh = Some(150.0);
+    let plan = s.submit(capped).await?;
+    ensure!(phase(&plan) == PlanPhase::Planned, "{plan:?}");
+    ensure!(
+        plan.start_unix_s >= at(10.0).timestamp() && plan.end_unix_s <= at(14.0).timestamp(),
+        "a run under the 150 g cap must lie in 10:00-14:00: {plan:?}"
+    );
+    let mut too_strict = job("strict", 1, 1.0, 20.0);
+    too_strict.carbon_cap_g_per_kwh = Some(100.0);
+    let plan = s.submit(too_strict).await?;
+    ensure!(phase(&plan) == PlanPhase::Rejected, "{plan:?}");
+    ensure!(
+        plan.reason
+            == "carbon cap 100.00 gCO2e/kWh cannot be met before the deadline; the lowest \
+                feasible cap is 120.00",
+        "{plan:?}"
+    );
+    s.stop().await
+}
+
+#[tokio::test]
 async fn a_restarted_scheduler_keeps_the_run_that_started() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let mut f = Fixture::new(prices(48, 20.0, 20.0, 0..0));
@@ -470,6 +509,18 @@ async fn bad_specs_are_refused_with_the_field_named() -> anyhow::Result<()> {
         ("gpus_per_worker", Box::new(|j| j.gpus_per_worker = 16)),
         ("work_hours", Box::new(|j| j.work_hours = 0.0)),
         ("key", Box::new(|j| j.key = "no-namespace".into())),
+        (
+            "carbon_cap_g_per_kwh",
+            Box::new(|j| j.carbon_cap_g_per_kwh = Some(-1.0)),
+        ),
+        (
+            "monthly_budget",
+            Box::new(|j| j.monthly_budget = Some(-5.0)),
+        ),
+        (
+            "carbon_price_per_tonne",
+            Box::new(|j| j.carbon_price_per_tonne = Some(f64::NAN)),
+        ),
     ];
     for (field, edit) in cases {
         let mut spec = job("bad", 1, 1.0, 10.0);

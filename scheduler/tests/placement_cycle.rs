@@ -1,6 +1,8 @@
 //! The live planning cycle through its Rust handle (`Placement`), without a transport: what
 //! is awkward to provoke over a socket (a watcher that falls behind) and the finer rules of a
-//! job's life (a new uid replacing a job, a job overrunning its plan, degraded signals).
+//! job's life (a new uid replacing a job, a job overrunning its plan, degraded signals, holds
+//! by the user and by the namespace's budget, a job's own carbon price). Metered energy comes
+//! from a real `NodeRegistry` fed sample batches as the agent service feeds it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,6 +34,7 @@ fn at(hours: f64) -> DateTime<Utc> {
 struct Live {
     clock: ManualClock,
     placement: Placement,
+    registry: NodeRegistry,
     cycle: JoinHandle<()>,
 }
 
@@ -62,11 +65,13 @@ fn config(
 impl Live {
     fn start(hours: usize, settings: Settings) -> anyhow::Result<Self> {
         let clock = ManualClock::new(t0());
+        let registry = NodeRegistry::new();
         let (placement, cycle) =
-            Placement::open(config(&clock, hours, settings)?, NodeRegistry::new())?;
+            Placement::open(config(&clock, hours, settings)?, registry.clone())?;
         Ok(Self {
             clock,
             placement,
+            registry,
             cycle: tokio::spawn(cycle.run()),
         })
     }
@@ -295,5 +300,218 @@ async fn provider_chains_feed_the_cycle_and_a_failing_first_choice_degrades_the_
         placement.shutdown();
         tokio::time::timeout(PATIENCE, task).await??;
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_held_job_keeps_no_capacity_and_is_planned_again_when_released() -> anyhow::Result<()> {
+    let live = Live::start(48, Settings::default())?;
+    // The whole cluster, held by its user: planned nowhere.
+    let mut big = job("big", "u", 2, 2.0);
+    big.held = true;
+    let v = live.placement.submit(big.clone()).await?;
+    ensure!(
+        v.phase == Phase::Planned && v.reason == "held by the user",
+        "{v:?}"
+    );
+    ensure!(v.start.is_none() && v.nodes.is_empty(), "{v:?}");
+    // Its capacity is free: another whole-cluster job starts at once.
+    let other = live.placement.submit(job("other", "u", 2, 1.0)).await?;
+    ensure!(
+        other.phase == Phase::Run && other.start == Some(t0()),
+        "{other:?}"
+    );
+    // Released: planned after the other one.
+    big.held = false;
+    let v = live.placement.submit(big).await?;
+    ensure!(
+        v.phase == Phase::Planned && v.start == Some(at(1.0)),
+        "{v:?}"
+    );
+    live.stop().await
+}
+
+#[tokio::test]
+async fn holding_a_running_job_ends_its_run_at_the_next_boundary() -> anyhow::Result<()> {
+    // Prices rising by the hour: a preemptible job runs as early as it can.
+    let clock = ManualClock::new(t0());
+    let rising: Vec<(f64, f64)> = (0..48).map(|h| (50.0 + f64::from(h), 200.0)).collect();
+    let rows = SignalRows::hourly(t0(), &rising).context("rows")?;
+    let cfg =
+        config(&clock, 48, Settings::default())?.with_signals(TableFeed::new(None).zone("A", rows));
+    let registry = NodeRegistry::new();
+    let (placement, cycle) = Placement::open(cfg, registry.clone())?;
+    let live = Live {
+        clock,
+        placement,
+        registry,
+        cycle: tokio::spawn(cycle.run()),
+    };
+    let mut whole = job("whole", "u", 1, 2.0);
+    let mut piece = job("piece", "u", 1, 2.0);
+    piece.preemptible = true;
+    for j in [&whole, &piece] {
+        let v = live.placement.submit(j.clone()).await?;
+        ensure!(v.phase == Phase::Run && v.end == Some(at(2.0)), "{v:?}");
+    }
+    live.clock.set(at(0.3));
+    whole.held = true;
+    piece.held = true;
+    for j in [&whole, &piece] {
+        let v = live.placement.submit(j.clone()).await?;
+        // Still running until the boundary, then held.
+        ensure!(v.phase == Phase::Run && v.end == Some(at(0.5)), "{v:?}");
+    }
+    let mut watch = live.placement.watch("ml/".into());
+    live.clock.set(at(0.5));
+    until(&mut watch, "ml/whole", |v| v.phase == Phase::Planned).await?;
+    // Both changed in the same cycle.
+    for key in ["ml/whole", "ml/piece"] {
+        let v = live.placement.plan(key)?;
+        ensure!(
+            v.phase == Phase::Planned && v.reason == "held by the user" && v.start.is_none(),
+            "{v:?}"
+        );
+    }
+    live.clock.set(at(0.75));
+    whole.held = false;
+    piece.held = false;
+    // The preemptible job goes on from its checkpoint (1.5 h left); the other starts over.
+    let v = live.placement.submit(piece).await?;
+    ensure!(
+        v.phase == Phase::Run && v.start == Some(at(0.75)) && v.end == Some(at(2.25)),
+        "{v:?}"
+    );
+    let v = live.placement.submit(whole).await?;
+    ensure!(
+        v.phase == Phase::Run && v.start == Some(at(0.75)) && v.end == Some(at(2.75)),
+        "{v:?}"
+    );
+    live.stop().await
+}
+
+/// Feeds the registry one pod's energy as an agent on `node` would: a baseline sample, then
+/// one closing `mj` millijoules at `time`.
+fn meter_pod(
+    registry: &NodeRegistry,
+    node: &str,
+    pod: (&str, &str),
+    time: DateTime<Utc>,
+    mj: u64,
+) -> anyhow::Result<()> {
+    use offpeak_proto::v1::{Device, PodRef, RegisterRequest, Sample, SampleBatch};
+    let agent = registry.register(&RegisterRequest {
+        node: node.into(),
+        zone: "A".into(),
+        devices: vec![Device {
+            uuid: format!("{node}-gpu0"),
+            model: "meter".into(),
+            ..Device::default()
+        }],
+    })?;
+    let sample = |t: DateTime<Utc>, energy_mj: u64| Sample {
+        device_uuid: format!("{node}-gpu0"),
+        time_unix_ms: t.timestamp_millis(),
+        power_watts: 300.0,
+        energy_mj,
+        pod: Some(PodRef {
+            namespace: pod.0.into(),
+            pod: pod.1.into(),
+            container: "trainer".into(),
+        }),
+        ..Sample::default()
+    };
+    registry.ingest(&SampleBatch {
+        agent_id: agent.agent_id.clone(),
+        sequence: agent.last_sequence + 1,
+        samples: vec![sample(time, 1_000), sample(time, 1_000 + mj)],
+        curves: vec![],
+    })?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_namespace_over_its_monthly_budget_holds_its_next_jobs() -> anyhow::Result<()> {
+    let live = Live::start(48, Settings::default())?;
+    let mut watch = live.placement.watch("".into());
+    let spent = live.placement.submit(job("spent", "u", 1, 1.0)).await?;
+    ensure!(spent.phase == Phase::Run, "{spent:?}");
+    // Its pod used 100 kWh in the first slot: 5.00 at 50/MWh (PUE 1).
+    meter_pod(
+        &live.registry,
+        "meter-node",
+        ("ml", "spent-worker-0"),
+        at(0.1),
+        360_000_000_000,
+    )?;
+    live.clock.set(at(0.25));
+    let spent = until(&mut watch, "ml/spent", |v| v.metered.cost.0 > 0.0).await?;
+    ensure!(
+        (spent.metered.cost.0 - 5.0).abs() < 1e-9 && (spent.metered.energy.0 - 100.0).abs() < 1e-9,
+        "{spent:?}"
+    );
+    // A job whose estimate (8 × 200 W × 1 h at 50/MWh = 0.08) would overrun the budget is
+    // held, and keeps no capacity: the one free node goes to a job of another namespace
+    // although the held one is more urgent.
+    let mut over = job("over", "u", 1, 1.0);
+    over.submit_unix_s = at(0.25).timestamp();
+    over.deadline_unix_s = at(3.0).timestamp();
+    over.monthly_budget = Some(5.05);
+    let v = live.placement.submit(over.clone()).await?;
+    ensure!(v.phase == Phase::Planned, "{v:?}");
+    ensure!(
+        v.reason
+            == "monthly budget of ml exhausted: 5.00 USD metered this month and 0.08 \
+                estimated for this job, against a budget of 5.05",
+        "{v:?}"
+    );
+    ensure!(v.start.is_none() && v.nodes.is_empty(), "{v:?}");
+    let mut free = job("free", "u", 1, 1.0);
+    free.key = "research/free".into();
+    free.submit_unix_s = at(0.25).timestamp();
+    let v = live.placement.submit(free).await?;
+    ensure!(
+        v.phase == Phase::Run && v.start == Some(at(0.25)),
+        "another namespace is not held: {v:?}"
+    );
+    // A job whose estimate fits what is left is planned as usual.
+    let mut fits = job("fits", "u", 1, 1.0);
+    fits.submit_unix_s = at(0.25).timestamp();
+    fits.monthly_budget = Some(5.10);
+    let v = live.placement.submit(fits).await?;
+    ensure!(
+        v.phase == Phase::Planned && v.start == Some(at(1.0)),
+        "{v:?}"
+    );
+    // A raised budget releases the held one.
+    over.monthly_budget = Some(6.0);
+    let v = live.placement.submit(over).await?;
+    ensure!(
+        v.phase == Phase::Planned && !v.reason.contains("budget") && v.start.is_some(),
+        "{v:?}"
+    );
+    live.stop().await
+}
+
+#[tokio::test]
+async fn a_jobs_carbon_price_steers_it_to_the_cleaner_zone() -> anyhow::Result<()> {
+    let clock = ManualClock::new(t0());
+    let dirty = SignalRows::hourly(t0(), &vec![(40.0, 600.0); 48]).context("rows")?;
+    let clean = SignalRows::hourly(t0(), &vec![(60.0, 50.0); 48]).context("rows")?;
+    let cfg = config(&clock, 48, Settings::default())?
+        .with_zone("B", 1.0)
+        .with_nodes("B", "v100", 8, 2)
+        .with_signals(TableFeed::new(None).zone("A", dirty).zone("B", clean));
+    let (placement, cycle) = Placement::open(cfg, NodeRegistry::new())?;
+    let task = tokio::spawn(cycle.run());
+    let v = placement.submit(job("plain", "u", 1, 1.0)).await?;
+    ensure!(v.zone == "A", "the scheduler's carbon price is 0: {v:?}");
+    let mut priced = job("priced", "u", 1, 1.0);
+    // 600 g at 100/t add 0.06/kWh: the clean zone is cheaper for this job.
+    priced.carbon_price_per_tonne = Some(100.0);
+    let v = placement.submit(priced).await?;
+    ensure!(v.zone == "B", "{v:?}");
+    placement.shutdown();
+    tokio::time::timeout(PATIENCE, task).await??;
     Ok(())
 }

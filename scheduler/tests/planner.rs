@@ -6,6 +6,7 @@ use common::{ScenarioFixture, hourly};
 use offpeak_scheduler::planner::PolicyKind;
 use offpeak_scheduler::scenario::{self, Scenario};
 use offpeak_scheduler::schedule::{Schedule, ScheduledJob};
+use offpeak_scheduler::units::{GramsPerKwh, PricePerMwh};
 use offpeak_scheduler::{sim, validate};
 
 fn run(f: &ScenarioFixture, policy: PolicyKind) -> (Scenario, Schedule) {
@@ -16,6 +17,157 @@ fn run(f: &ScenarioFixture, policy: PolicyKind) -> (Scenario, Schedule) {
     let errors = validate::validate(&sc, &schedule);
     assert!(errors.is_empty(), "invalid schedule: {errors:?}");
     (sc, schedule)
+}
+
+/// As [`run`], with the loaded scenario edited first (for what the scenario format cannot say,
+/// such as a carbon cap).
+fn run_edited(
+    f: &ScenarioFixture,
+    policy: PolicyKind,
+    edit: impl FnOnce(&mut Scenario),
+) -> (Scenario, Schedule) {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut sc = scenario::load(&f.write(tmp.path())).expect("fixture loads");
+    edit(&mut sc);
+    let replay = sim::simulate(&sc, policy.build().as_ref(), &mut |_, _| {}).expect("simulation");
+    let schedule = Schedule::from_replay(&sc, &replay);
+    let errors = validate::validate(&sc, &schedule);
+    assert!(errors.is_empty(), "invalid schedule: {errors:?}");
+    (sc, schedule)
+}
+
+fn carbon_cap(sc: &mut Scenario, id: &str, cap: f64) {
+    for j in sc.jobs.iter_mut().filter(|j| j.id == id) {
+        j.carbon_cap = Some(GramsPerKwh(cap));
+    }
+}
+
+/// Zone A: cheap but dirty 02:00-06:00 (5/MWh, 400 g), clean 10:00-14:00 (60/MWh, 100 g),
+/// dear and dirty otherwise (100/MWh, 450 g); zone B: 50/MWh and 500 g throughout.
+fn dirty_cheap_clean_dear() -> ScenarioFixture {
+    let mut f = ScenarioFixture::default().with_jobs(&[
+        "j1,2024-01-01T00:10:00Z,8,v100,v100/resnet50,1.0,2024-01-01T20:00:00Z,false,,batch",
+    ]);
+    f.signals[0].1 = hourly(
+        &(0..48)
+            .map(|h| match h {
+                2..6 => (5.0, 400.0),
+                10..14 => (60.0, 100.0),
+                _ => (100.0, 450.0),
+            })
+            .collect::<Vec<_>>(),
+    );
+    f.signals[1].1 = hourly(&vec![(50.0, 500.0); 48]);
+    f
+}
+
+/// The carbon intensity of every slot a run of `id` used.
+fn intensities(sc: &Scenario, s: &Schedule, id: &str) -> Vec<f64> {
+    let mut out = Vec::new();
+    for r in &job(s, id).runs {
+        let zone = sc.zones.iter().find(|z| z.name == r.zone).expect("zone");
+        let start: chrono::DateTime<chrono::Utc> = r.start.parse().expect("time");
+        let end: chrono::DateTime<chrono::Utc> = r.end.parse().expect("time");
+        let (a, b) = (
+            sc.grid.last_boundary_at_or_before(start),
+            sc.grid.last_boundary_at_or_before(end),
+        );
+        out.extend((a..b).map(|t| zone.carbon[t as usize].0));
+    }
+    out
+}
+
+#[test]
+fn a_carbon_cap_keeps_the_run_out_of_dirty_slots() {
+    let f = dirty_cheap_clean_dear();
+    // Uncapped, the cheap dirty hours win.
+    let (sc, s) = run(&f, PolicyKind::Offpeak);
+    let r = &job(&s, "j1").runs[0];
+    assert!(
+        r.zone == "A" && hour(&r.start) >= 2 && hour(&r.end) <= 6,
+        "uncapped: {r:?}"
+    );
+    assert!(intensities(&sc, &s, "j1").iter().all(|&c| c == 400.0));
+    // Capped at 150 g: only the clean hours of A are left.
+    for policy in [PolicyKind::Offpeak, PolicyKind::Asap] {
+        let (sc, s) = run_edited(&f, policy, |sc| carbon_cap(sc, "j1", 150.0));
+        let r = &job(&s, "j1").runs[0];
+        assert!(
+            r.zone == "A" && hour(&r.start) >= 10 && hour(&r.end) <= 14,
+            "{policy}: {r:?}"
+        );
+        let used = intensities(&sc, &s, "j1");
+        assert!(
+            !used.is_empty() && used.iter().all(|&c| c <= 150.0),
+            "{used:?}"
+        );
+    }
+}
+
+#[test]
+fn an_unmeetable_carbon_cap_is_explained_with_the_lowest_feasible_cap() {
+    let f = dirty_cheap_clean_dear();
+    for policy in [PolicyKind::Offpeak, PolicyKind::Asap] {
+        let (_, s) = run_edited(&f, policy, |sc| carbon_cap(sc, "j1", 50.0));
+        assert!(s.jobs.is_empty(), "{policy}: {:?}", s.jobs);
+        assert_eq!(
+            s.unscheduled[0].reason,
+            "carbon cap 50.00 gCO2e/kWh cannot be met before the deadline; the lowest feasible \
+             cap is 100.00",
+            "{policy}"
+        );
+    }
+}
+
+#[test]
+fn caps_that_each_could_be_met_but_not_together_name_the_lowest_cap_that_would_do() {
+    let f = dirty_cheap_clean_dear();
+    // 40/MWh alone is met by the cheap hours and 150 g alone by the clean ones; together, the
+    // clean hours need a price cap of 60.
+    let (_, s) = run_edited(&f, PolicyKind::Offpeak, |sc| {
+        carbon_cap(sc, "j1", 150.0);
+        sc.jobs[0].price_cap = Some(PricePerMwh(40.0));
+    });
+    assert!(s.jobs.is_empty());
+    assert_eq!(
+        s.unscheduled[0].reason,
+        "price cap 40.00 USD/MWh cannot be met before the deadline; the lowest feasible cap is 60.00"
+    );
+    // Both met: the clean hours, at a price within the cap.
+    let (_, s) = run_edited(&f, PolicyKind::Offpeak, |sc| {
+        carbon_cap(sc, "j1", 150.0);
+        sc.jobs[0].price_cap = Some(PricePerMwh(70.0));
+    });
+    let r = &job(&s, "j1").runs[0];
+    assert!(hour(&r.start) >= 10 && hour(&r.end) <= 14, "{r:?}");
+}
+
+#[test]
+fn a_carbon_capped_preemptible_job_runs_only_in_clean_slots() {
+    // Clean in A 04:00-08:00 and 12:00-20:00; 6 h of work need both stretches.
+    let mut f = ScenarioFixture::default().with_jobs(&[
+        "j1,2024-01-01T00:10:00Z,8,v100,v100/resnet50,6.0,2024-01-02T00:00:00Z,true,,batch",
+    ]);
+    f.signals[0].1 = hourly(
+        &(0..48)
+            .map(|h| match h {
+                4..8 | 12..20 => (80.0, 100.0),
+                _ => (20.0, 400.0),
+            })
+            .collect::<Vec<_>>(),
+    );
+    f.signals[1].1 = hourly(&vec![(10.0, 500.0); 48]);
+    for policy in [PolicyKind::Offpeak, PolicyKind::Asap] {
+        let (sc, s) = run_edited(&f, policy, |sc| carbon_cap(sc, "j1", 120.0));
+        let used = intensities(&sc, &s, "j1");
+        assert!(
+            used.len() >= 24,
+            "{policy}: too few slots: {:?}",
+            job(&s, "j1")
+        );
+        assert!(used.iter().all(|&c| c <= 120.0), "{policy}: {used:?}");
+        assert!(job(&s, "j1").runs.len() >= 2, "{policy}: expected a split");
+    }
 }
 
 fn job<'a>(s: &'a Schedule, id: &str) -> &'a ScheduledJob {

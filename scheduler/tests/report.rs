@@ -8,7 +8,7 @@ mod ledger_common;
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
-use ledger_common::{Backend, backends, example_dir, units};
+use ledger_common::{Backend, example_dir, on_every_backend, units};
 use offpeak_scheduler::cli;
 use offpeak_scheduler::ledger::{self, Amounts, Fixed, LedgerRecord};
 use offpeak_scheduler::planner::PolicyKind;
@@ -202,7 +202,7 @@ fn example_month(backend: &Backend) -> anyhow::Result<()> {
     let sc = scenario::load(&example_dir())?;
     let replay = sim::simulate(&sc, PolicyKind::Offpeak.build().as_ref(), &mut |_, _| {})?;
     let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let fin = finance();
     let mut store = fresh.open()?;
     ledger::write_replay(store.as_mut(), &sc, &replay, &fin.allocation)?;
@@ -291,10 +291,7 @@ fn example_month(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn the_example_months_reports_reconcile_with_the_ledger_in_every_format() -> anyhow::Result<()> {
-    for b in backends() {
-        example_month(&b)?;
-    }
-    Ok(())
+    on_every_backend(example_month)
 }
 
 fn record(
@@ -340,8 +337,7 @@ fn line(r: &report::MonthlyReport, job: &str) -> Amounts {
 }
 
 fn straddle(backend: &Backend) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let mut store = fresh.open()?;
     // 22:00Z to 00:00Z on 31 March 2023 is 23:00 to 01:00 BST: half in March, half in April
     // in London; all in March in UTC. Odd nano amounts check the halves add up exactly.
@@ -397,15 +393,11 @@ fn straddle(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn energy_straddling_a_london_month_boundary_is_split_at_local_midnight() -> anyhow::Result<()> {
-    for b in backends() {
-        straddle(&b)?;
-    }
-    Ok(())
+    on_every_backend(straddle)
 }
 
 fn fall_back(backend: &Backend) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let mut store = fresh.open()?;
     // New York falls back at 06:00Z on 5 November 2023 (02:00 EDT -> 01:00 EST): that local
     // day has 25 hours. A record over 04:00-08:00Z lies wholly inside it.
@@ -453,15 +445,11 @@ fn fall_back(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn a_fall_back_day_has_25_hours_and_months_start_at_local_midnight() -> anyhow::Result<()> {
-    for b in backends() {
-        fall_back(&b)?;
-    }
-    Ok(())
+    on_every_backend(fall_back)
 }
 
 fn credits(backend: &Backend) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let mut store = fresh.open()?;
     let credit = record(
         "job-neg",
@@ -497,15 +485,11 @@ fn credits(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn negative_prices_show_as_credits_and_still_reconcile() -> anyhow::Result<()> {
-    for b in backends() {
-        credits(&b)?;
-    }
-    Ok(())
+    on_every_backend(credits)
 }
 
 fn malformed(backend: &Backend) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let mut store = fresh.open()?;
     let mut q = query("2023-03", "UTC");
     q.namespace = Some("nope".into());
@@ -562,6 +546,7 @@ fn malformed(backend: &Backend) -> anyhow::Result<()> {
     let e = report::run(&args("2023-03", "Europe/Lndon")).expect_err("tz");
     assert!(e.to_string().contains("Europe/Lndon"));
     let mut bad_finance = args("2023-03", "UTC");
+    let tmp = tempfile::tempdir()?;
     bad_finance.finance = Some(tmp.path().join("missing-finance.yaml"));
     let e = report::run(&bad_finance).expect_err("finance");
     assert!(
@@ -589,9 +574,7 @@ fn malformed_queries_say_what_is_wrong() -> anyhow::Result<()> {
     }
     let e = parse_time_zone("Mars/Olympus").expect_err("tz");
     assert!(e.to_string().contains("Mars/Olympus"), "{e}");
-    for b in backends() {
-        malformed(&b)?;
-    }
+    on_every_backend(malformed)?;
     // A mistyped SQLite path is an error, and does not create an empty ledger.
     let tmp = tempfile::tempdir()?;
     let missing = tmp.path().join("missing.sqlite");
@@ -651,7 +634,7 @@ fn price_schedule(sc: &scenario::Scenario, s: &schedule::Schedule) -> (f64, f64,
 
 fn simulate_reports(backend: &Backend) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
-    let fresh = backend.fresh(tmp.path())?;
+    let fresh = backend.fresh()?;
     let finance_file = tmp.path().join("finance.yaml");
     std::fs::write(
         &finance_file,
@@ -731,8 +714,5 @@ fn simulate_reports(backend: &Backend) -> anyhow::Result<()> {
 
 #[test]
 fn simulate_writes_month_reports_that_match_the_schedule_and_the_ledger() -> anyhow::Result<()> {
-    for b in backends() {
-        simulate_reports(&b)?;
-    }
-    Ok(())
+    on_every_backend(simulate_reports)
 }

@@ -20,10 +20,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 /// A ledger holding the example scenario's replay.
-fn example_ledger(backend: &Backend, dir: &std::path::Path) -> anyhow::Result<TestLedger> {
+fn example_ledger(backend: &Backend) -> anyhow::Result<TestLedger> {
     let sc = scenario::load(&example_dir())?;
     let replay = sim::simulate(&sc, PolicyKind::Asap.build().as_ref(), &mut |_, _| {})?;
-    let fresh = backend.fresh(dir)?;
+    let fresh = backend.fresh()?;
     let mut store = fresh.open()?;
     ledger::write_replay(store.as_mut(), &sc, &replay, &ledger::Allocation::default())?;
     Ok(fresh)
@@ -65,10 +65,8 @@ async fn get(url: &str) -> anyhow::Result<(u16, String, String)> {
 }
 
 async fn check_backend(backend: &Backend) -> anyhow::Result<()> {
-    let tmp = tempfile::tempdir()?;
     let b = backend.clone();
-    let dir = tmp.path().to_path_buf();
-    let fresh = tokio::task::spawn_blocking(move || example_ledger(&b, &dir)).await??;
+    let fresh = tokio::task::spawn_blocking(move || example_ledger(&b)).await??;
     let (base, stop, task) = serve(fresh.location.clone()).await?;
 
     // Each format is exactly what `offpeak report` renders for the same query.

@@ -14,7 +14,7 @@ use offpeak_scheduler::signals::tariff::urdb::UrdbOptions;
 use offpeak_scheduler::signals::{CarbonBasis, Window};
 mod common;
 
-use common::http::{Reply, fetcher, fixture, raw_json, read, serve, utc};
+use common::http::{Reply, fetcher, fixture, numbers, raw_json, read, serve, utc};
 
 const CASDK: &str = "carbon_aware_sdk/emissionsforecast_de_2024-03-24.json";
 const INVALID_SCOPE: &str = "watttime/error_invalid_scope.json";
@@ -267,13 +267,7 @@ async fn watttime_refused_for_its_scope_falls_back_to_the_carbon_aware_sdk_forec
     assert_eq!(merged.basis, Some(CarbonBasis::Unspecified));
     // The forecast's own hourly means, up to its end (the zero padding is a gap); past it,
     // the seasonal estimate.
-    let raw = raw_json(CASDK);
-    let ratings: Vec<f64> = raw["Emissions"]
-        .as_array()
-        .expect("Emissions")
-        .iter()
-        .map(|e| e["Rating"].as_f64().expect("Rating"))
-        .collect();
+    let ratings = numbers(&raw_json(CASDK), "Emissions", "Rating");
     for s in &merged.slots {
         let hour = (s.start - utc("2024-03-24T00:00:00Z")).num_hours() as usize;
         if s.start < utc("2024-03-24T23:00:00Z") {
@@ -469,12 +463,7 @@ fn show_falls_back_from_watttime_without_an_account_to_the_recorded_answer() {
     let raw = raw_json_path(&example_data(
         "watttime_historical_CAISO_NORTH_2023-06-08_09.json",
     ));
-    let lbs: Vec<f64> = raw["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|d| d["value"].as_f64().expect("value"))
-        .collect();
+    let lbs = numbers(&raw, "data", "value");
     for (h, row) in rows[1..].iter().enumerate() {
         // The hour's twelve five-minute rates, averaged, in g/kWh.
         let mean = lbs[12 * h..12 * h + 12].iter().sum::<f64>() / 12.0 * 0.453_592_37;

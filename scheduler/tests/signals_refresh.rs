@@ -333,19 +333,12 @@ async fn the_degraded_state_is_a_log_line_a_metric_and_a_status_field() {
 
     let mut registry = Registry::with_prefix("offpeak");
     let metrics = register_metrics(&mut registry);
-    let s = uk_setup_in(ZONE, Reply::Status(500, "internal error", None), fetcher()).await;
-    let Setup {
-        io,
-        server,
-        refresher,
-        clock,
-        _dir,
-    } = s;
-    let mut refresher = refresher.with_metrics(metrics);
-    let mut snapshots = refresher.subscribe();
-    refresher.refresh_due().await.expect("refresh");
+    let mut s = uk_setup_in(ZONE, Reply::Status(500, "internal error", None), fetcher()).await;
+    s.refresher = s.refresher.with_metrics(metrics);
+    let mut snapshots = s.refresher.subscribe();
+    s.refresher.refresh_due().await.expect("refresh");
 
-    let status = refresher.status();
+    let status = s.refresher.status();
     let field = status.degraded().expect("degraded");
     assert!(
         field.starts_with("signals for LOGGED degraded: carbon: "),
@@ -353,7 +346,7 @@ async fn the_degraded_state_is_a_log_line_a_metric_and_a_status_field() {
     );
     assert!(field.contains("uk-carbon-intensity#1 failed"), "{field}");
     assert!(field.contains("HTTP 500"), "{field}");
-    assert_eq!(status.carbon.degraded_since, Some(clock.now()));
+    assert_eq!(status.carbon.degraded_since, Some(s.clock.now()));
     assert_eq!(status.price.degraded, None);
     // The status serialises for the operator.
     let json = serde_json::to_value(&status).expect("json");
@@ -396,13 +389,10 @@ async fn the_degraded_state_is_a_log_line_a_metric_and_a_status_field() {
     assert!(line.contains("HTTP 500"), "{line}");
 
     // Recovery clears all three.
-    server.answer_all(Reply::Body(read(UK_NATIONAL)));
-    let wait = (refresher.next_due() - clock.now())
-        .to_std()
-        .unwrap_or_default();
-    tokio::time::sleep(wait).await;
-    refresher.refresh_due().await.expect("refresh");
-    assert_eq!(refresher.status().degraded(), None);
+    s.server.answer_all(Reply::Body(read(UK_NATIONAL)));
+    until_due(&s).await;
+    s.refresher.refresh_due().await.expect("refresh");
+    assert_eq!(s.refresher.status().degraded(), None);
     let text = metrics_text(&registry);
     assert!(
         text.contains("offpeak_signal_degraded{zone=\"LOGGED\",signal=\"carbon\"} 0"),
@@ -419,22 +409,15 @@ async fn the_degraded_state_is_a_log_line_a_metric_and_a_status_field() {
             .lines()
             .any(|l| l.contains("signal recovered") && l.contains("zone=LOGGED"))
     );
-    drop(io);
 }
 
 #[tokio::test(start_paused = true)]
 async fn run_refreshes_on_schedule_until_shut_down() {
     let s = uk_setup(Reply::Status(500, "internal error", None), fetcher()).await;
-    let Setup {
-        io,
-        server,
-        refresher,
-        clock,
-        _dir,
-    } = s;
-    let mut snapshots = refresher.subscribe();
+    let mut snapshots = s.refresher.subscribe();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(refresher.run(async {
+    // The run takes the refresher; the server, clock and I/O runtime stay with `s`.
+    let task = tokio::spawn(s.refresher.run(async {
         let _ = stopped.await;
     }));
     // Three failures, each retried after its backoff, then the provider comes back.
@@ -443,7 +426,7 @@ async fn run_refreshes_on_schedule_until_shut_down() {
         snapshots.changed().await.expect("refresher alive");
         seen_failures = snapshots.borrow().status.carbon.consecutive_failures;
     }
-    server.answer_all(Reply::Body(read(UK_NATIONAL)));
+    s.server.answer_all(Reply::Body(read(UK_NATIONAL)));
     loop {
         snapshots.changed().await.expect("refresher alive");
         if snapshots.borrow().status.carbon.consecutive_failures == 0 {
@@ -455,13 +438,12 @@ async fn run_refreshes_on_schedule_until_shut_down() {
     let carbon = snap.carbon.as_ref().expect("carbon");
     assert_eq!(carbon.slots.len(), 48 * 2);
     // Three backoffs of at most 30 s, 60 s and 120 s went by in paused time.
-    let elapsed = clock.now() - utc(UK_NOW);
+    let elapsed = s.clock.now() - utc(UK_NOW);
     assert!(elapsed <= Duration::seconds(210), "{elapsed}");
     assert!(elapsed >= Duration::seconds(105), "{elapsed}");
-    assert_eq!(carbon_requests(&server), 4);
+    assert_eq!(carbon_requests(&s.server), 4);
     stop.send(()).expect("stop");
     task.await.expect("run ends");
-    drop(io);
 }
 
 #[tokio::test(start_paused = true)]

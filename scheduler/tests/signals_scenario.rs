@@ -15,7 +15,7 @@ use offpeak_scheduler::{sim, validate};
 mod common;
 
 use common::HEADER;
-use common::http::{fixture, raw_json, utc};
+use common::http::{fixture, numbers, raw_json, utc};
 
 const SCE: &str = "tariffs/sce_tou-8_option-d.json";
 const WATTTIME: &str = "watttime/historical_CAISO_NORTH_2023-06-08_09.json";
@@ -211,13 +211,7 @@ fn a_scenario_from_a_handwritten_tariff_and_a_recorded_watttime_answer() {
     let sc = scenario::load(&dir).expect("scenario loads");
     // Two days of 5-minute values: 192 quarter-hours.
     assert_eq!(sc.n_slots, 192);
-    let raw = raw_json(WATTTIME);
-    let lbs: Vec<f64> = raw["data"]
-        .as_array()
-        .expect("data")
-        .iter()
-        .map(|d| d["value"].as_f64().expect("value"))
-        .collect();
+    let lbs = numbers(&raw_json(WATTTIME), "data", "value");
     let zone = &sc.zones[0];
     for (s, c) in zone.carbon.iter().enumerate() {
         // Each quarter-hour is the mean of its three 5-minute rates, in g/kWh.

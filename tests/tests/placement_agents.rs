@@ -1,22 +1,46 @@
 //! The placement API plans on the capacity the node agents register: a real `offpeak serve`
 //! on loopback with no configured nodes, agents registering over `AgentService`, the operator's
 //! side over `PlacementService`. The scheduler's clock is a manual one the test moves.
+//!
+//! With agents whose kubelet (a pod-resources server on a unix socket, as in `agent_pods.rs`)
+//! reports a job's worker pods: the running job's power limit reaches exactly the devices its
+//! pods use, once, and its plan shows the energy the pods' counters metered, priced at the
+//! zone's signals; a limit an agent cannot apply is named in the plan's reason.
 
-use std::sync::Arc;
+mod agent_common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use agent_common::{AgentSetup, SimAgent, counters_all, tick_all};
 use anyhow::{Context as _, ensure};
 use chrono::{DateTime, Utc};
+use offpeak_agent::PowerSource as _;
+use offpeak_agent::podresources::PodResources;
+use offpeak_agent::sim::SimConfig;
+use offpeak_proto::kubelet_podresources_v1::pod_resources_lister_server::{
+    PodResourcesLister, PodResourcesListerServer,
+};
+use offpeak_proto::kubelet_podresources_v1::{
+    ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse,
+    PodResources as KubeletPod,
+};
 use offpeak_proto::v1::agent_service_client::AgentServiceClient;
 use offpeak_proto::v1::placement_service_client::PlacementServiceClient;
 use offpeak_proto::v1::{
-    Device, JobPlan, JobSpec, PlanPhase, RegisterRequest, SubmitJobRequest, WatchPlansRequest,
+    CommandAck, CommandsRequest, Device, GetPlanRequest, JobPlan, JobSpec, PlanPhase, PodRef,
+    RegisterRequest, Sample, SampleBatch, SubmitJobRequest, WatchPlansRequest, command,
 };
-use offpeak_scheduler::placement::{ManualClock, PlacementConfig, SignalRows, TableFeed};
+use offpeak_scheduler::placement::{ManualClock, PlacementConfig, Settings, SignalRows, TableFeed};
 use offpeak_scheduler::scenario::{Profile, ProfilePoint};
-use offpeak_scheduler::service::{self, NodeRegistry, ServiceConfig};
+use offpeak_scheduler::service::commands::OutcomeLabels;
+use offpeak_scheduler::service::{self, CommandCenter, NodeRegistry, ServiceConfig};
 use offpeak_scheduler::units::Watts;
+use tokio::net::UnixListener;
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::UnixListenerStream;
 use tonic::Code;
 
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -162,4 +186,436 @@ async fn jobs_are_planned_on_the_nodes_agents_register() -> anyhow::Result<()> {
     let _ = stop.send(());
     tokio::time::timeout(PATIENCE, server).await???;
     Ok(())
+}
+
+/// The simulated agents' device model, as the scheduler names its accelerator.
+const SIM_MODEL: &str = "Tesla V100 (simulated)";
+/// The power limit the test profile plans with.
+const LIMIT_WATTS: u32 = 150;
+/// The agents' zone (`SimAgent` registers in DE-LU) and its PUE, price and intensity.
+const ZONE: &str = "DE-LU";
+const PUE: f64 = 1.25;
+const PRICE: f64 = 100.0;
+const CARBON: f64 = 200.0;
+const MJ_PER_KWH: f64 = 3.6e9;
+
+/// Shortly before the simulated agents' first sample (their clocks start at Unix 1.7e9 s,
+/// 2023-11-14T22:13:20Z): the job's run and the samples share one slot.
+fn sim_t0() -> DateTime<Utc> {
+    "2023-11-14T22:00:00Z".parse().expect("time")
+}
+
+/// A scheduler serving agents and placement, planning in zone DE-LU on what agents register,
+/// with one profile of the simulated model at 150 W only.
+struct Live {
+    clock: ManualClock,
+    uri: String,
+    registry: NodeRegistry,
+    commands: CommandCenter,
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), service::ServiceError>>,
+}
+
+impl Live {
+    async fn start() -> anyhow::Result<Self> {
+        let clock = ManualClock::new(sim_t0());
+        // From a day before (the cycle reads three days back for its estimate; older rows are
+        // only missing history) to two days after.
+        let rows = SignalRows::hourly(
+            sim_t0() - chrono::Duration::hours(24),
+            &vec![(PRICE, CARBON); 72],
+        )
+        .context("rows")?;
+        let placement = PlacementConfig::new(Arc::new(clock.clone()))
+            .with_settings(Settings {
+                debounce: Duration::from_millis(5),
+                power_check: Duration::from_millis(20),
+                ..Settings::default()
+            })
+            .with_zone(ZONE, PUE)
+            .with_profile(Profile {
+                name: format!("{}/test", SIM_MODEL.to_lowercase()),
+                points: vec![ProfilePoint {
+                    power_limit: Watts(f64::from(LIMIT_WATTS)),
+                    throughput: 0.9,
+                    draw: Watts(140.0),
+                }],
+            })
+            .with_signals(TableFeed::new(None).zone(ZONE, rows));
+        let registry = NodeRegistry::new();
+        let commands = CommandCenter::new(registry.clone());
+        let bound = service::bind(ServiceConfig {
+            grpc_addr: "127.0.0.1:0".parse()?,
+            admin_addr: "127.0.0.1:0".parse()?,
+            commands: commands.clone(),
+            curves: service::CurveStore::new(),
+            registry: registry.clone(),
+            reports: None,
+            placement: Some(placement),
+        })
+        .await?;
+        let uri = format!("http://{}", bound.addrs().grpc);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(bound.serve(async {
+            let _ = stopped.await;
+        }));
+        Ok(Self {
+            clock,
+            uri,
+            registry,
+            commands,
+            stop,
+            task,
+        })
+    }
+
+    async fn operator(&self) -> anyhow::Result<PlacementServiceClient<tonic::transport::Channel>> {
+        Ok(PlacementServiceClient::connect(self.uri.clone()).await?)
+    }
+
+    fn sent(&self) -> u64 {
+        self.commands.counters().sent.get()
+    }
+
+    async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(());
+        tokio::time::timeout(PATIENCE, self.task).await???;
+        Ok(())
+    }
+}
+
+/// A kubelet's pod-resources service on a unix socket, answering with the pods the test sets.
+#[derive(Debug, Clone, Default)]
+struct Kubelet {
+    pods: Arc<Mutex<Vec<KubeletPod>>>,
+}
+
+impl Kubelet {
+    /// Serves on `socket`; returns the client the agent would use.
+    fn serve(&self, socket: &std::path::Path) -> anyhow::Result<PodResources> {
+        let listener = UnixListener::bind(socket)?;
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(PodResourcesListerServer::new(self.clone()))
+                .serve_with_incoming(UnixListenerStream::new(listener)),
+        );
+        Ok(PodResources::new(socket))
+    }
+
+    /// One pod `namespace/name` using `gpus`.
+    fn set(&self, namespace: &str, name: &str, gpus: Vec<String>) {
+        *self
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = vec![KubeletPod {
+            name: name.into(),
+            namespace: namespace.into(),
+            containers: vec![ContainerResources {
+                name: "trainer".into(),
+                devices: vec![ContainerDevices {
+                    resource_name: "nvidia.com/gpu".into(),
+                    device_ids: gpus,
+                }],
+            }],
+        }];
+    }
+}
+
+#[tonic::async_trait]
+impl PodResourcesLister for Kubelet {
+    async fn list(
+        &self,
+        _request: tonic::Request<ListPodResourcesRequest>,
+    ) -> Result<tonic::Response<ListPodResourcesResponse>, tonic::Status> {
+        let pods = self
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        Ok(tonic::Response::new(ListPodResourcesResponse {
+            pod_resources: pods,
+        }))
+    }
+}
+
+/// A job of `workers` × `gpus` simulated GPUs, 1 h of work, due in 12 h, submitted at T0.
+fn sim_job(name: &str, workers: u32, gpus: u32) -> JobSpec {
+    JobSpec {
+        key: format!("ml/{name}"),
+        uid: format!("uid-{name}"),
+        namespace: "ml".into(),
+        workers,
+        gpus_per_worker: gpus,
+        work_hours: 1.0,
+        submit_unix_s: sim_t0().timestamp(),
+        deadline_unix_s: (sim_t0() + chrono::Duration::hours(12)).timestamp(),
+        ..JobSpec::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_jobs_power_limit_reaches_its_pods_devices_and_its_plan_shows_their_energy()
+-> anyhow::Result<()> {
+    let live = Live::start().await?;
+    let dir = tempfile::tempdir()?;
+    // node-a and node-b run the job's two workers on both their GPUs; node-c's one GPU runs
+    // another job's pod.
+    let mut agents = Vec::new();
+    let mut kubelets = Vec::new();
+    for (i, (node, devices)) in [("node-a", 2), ("node-b", 2), ("node-c", 1)]
+        .into_iter()
+        .enumerate()
+    {
+        let setup = AgentSetup {
+            sim: SimConfig::flat(),
+            ..AgentSetup::new(node, 10 + i as u64, devices)
+        };
+        let agent = SimAgent::start(setup, live.uri.clone())?;
+        agent.registered().await?;
+        let kubelet = Kubelet::default();
+        let client = kubelet.serve(&dir.path().join(format!("{node}.sock")))?;
+        agents.push(agent);
+        kubelets.push((kubelet, client));
+    }
+    let mut operator = live.operator().await?;
+    let plan = operator
+        .submit_job(SubmitJobRequest {
+            job: Some(sim_job("train", 2, 2)),
+        })
+        .await?
+        .into_inner();
+    ensure!(phase(&plan) == PlanPhase::Run, "{plan:?}");
+    let mut nodes: Vec<&str> = plan.nodes.iter().map(|n| n.node.as_str()).collect();
+    nodes.sort_unstable();
+    ensure!(
+        nodes == ["node-a", "node-b"] && plan.power_limit_watts == LIMIT_WATTS,
+        "{plan:?}"
+    );
+
+    // Before the pods: samples name none.
+    tick_all(&mut agents, 1).await?;
+    let baseline = counters_all(&mut agents)?;
+    tick_all(&mut agents, 1).await?;
+    let pods = [
+        ("train-worker-0", 0),
+        ("train-worker-1", 1),
+        ("other-worker-0", 2),
+    ];
+    for (pod, i) in pods {
+        let gpus = (0..agents[i].agent.sampler().devices().len())
+            .map(|d| agents[i].device(d))
+            .collect();
+        kubelets[i].0.set("ml", pod, gpus);
+        let map = kubelets[i].1.device_pods().await?;
+        agents[i].agent.update_pods(map);
+    }
+    tick_all(&mut agents, 1).await?;
+
+    // The job's four devices get the run's limit; the other pod's device gets nothing.
+    for agent in &mut agents[..2] {
+        for _ in 0..2 {
+            let ack = agent.serve_command().await?;
+            ensure!(ack.ok && ack.power_limit_watts == LIMIT_WATTS, "{ack:?}");
+        }
+        for d in 0..2 {
+            let limit = agent
+                .agent
+                .sampler_mut()
+                .source_mut()
+                .read(d)?
+                .power_limit_watts;
+            ensure!(
+                limit == Some(f64::from(LIMIT_WATTS)),
+                "{}: {limit:?}",
+                agent.node
+            );
+        }
+    }
+    // Once per device and run: later checks send nothing more.
+    tick_all(&mut agents, 4).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ensure!(live.sent() == 4, "{} commands sent", live.sent());
+    ensure!(agents[2].agent.enforcer().changed().is_empty());
+
+    tick_all(&mut agents, 4).await?;
+    let last = counters_all(&mut agents)?;
+    tick_all(&mut agents, 1).await?;
+    // What the sources' counters produced on the job's devices while its pods used them.
+    let produced = |node: &str| -> u64 {
+        last.iter()
+            .filter(|((n, _), _)| n == node)
+            .map(|(k, v)| v - baseline[k])
+            .sum()
+    };
+    let per_pod: BTreeMap<(String, String), u64> = [
+        (
+            ("ml".to_string(), "train-worker-0".to_string()),
+            produced("node-a"),
+        ),
+        (
+            ("ml".to_string(), "train-worker-1".to_string()),
+            produced("node-b"),
+        ),
+        (
+            ("ml".to_string(), "other-worker-0".to_string()),
+            produced("node-c"),
+        ),
+    ]
+    .into();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while live.registry.energy_by_pod() != per_pod {
+        ensure!(
+            tokio::time::Instant::now() < deadline,
+            "metered per pod {:?}, produced {per_pod:?}",
+            live.registry.energy_by_pod()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let job_mj = produced("node-a") + produced("node-b");
+    ensure!(job_mj > 0);
+
+    // The next cycle prices it: at 100/MWh and 200 g/kWh, PUE 1.25.
+    let mut watch = operator
+        .watch_plans(WatchPlansRequest {
+            key_prefix: "ml/train".into(),
+        })
+        .await?
+        .into_inner();
+    live.clock.set(sim_t0() + chrono::Duration::minutes(15));
+    let metered = tokio::time::timeout(PATIENCE, async {
+        while let Some(p) = watch.message().await? {
+            if p.metered_it_kwh > 0.0 {
+                return Ok::<_, anyhow::Error>(p);
+            }
+        }
+        anyhow::bail!("the watch ended")
+    })
+    .await??;
+    let kwh = job_mj as f64 / MJ_PER_KWH;
+    ensure!(metered.metered_it_kwh == kwh, "{metered:?} vs {kwh} kWh");
+    let cost = kwh * PUE * PRICE / 1000.0;
+    let carbon = kwh * PUE * CARBON / 1000.0;
+    ensure!(
+        (metered.metered_cost - cost).abs() < 1e-12
+            && (metered.metered_carbon_kg - carbon).abs() < 1e-12,
+        "{metered:?}: expected cost {cost}, carbon {carbon} kg"
+    );
+    ensure!(phase(&metered) == PlanPhase::Run, "{metered:?}");
+    let got = operator
+        .get_plan(GetPlanRequest {
+            key: "ml/train".into(),
+        })
+        .await?
+        .into_inner();
+    ensure!(got.metered_it_kwh == kwh, "{got:?}");
+
+    agent_common::finish_all(agents).await?;
+    live.stop().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_power_limit_an_agent_cannot_apply_is_named_in_the_plan() -> anyhow::Result<()> {
+    let live = Live::start().await?;
+    let mut agents = AgentServiceClient::connect(live.uri.clone()).await?;
+    // A hand-driven agent: one GPU that takes the limit, one whose range stops below it.
+    let device = |uuid: &str, max: u32| Device {
+        uuid: uuid.into(),
+        model: SIM_MODEL.into(),
+        min_power_limit_watts: 100,
+        max_power_limit_watts: max,
+        default_power_limit_watts: max,
+    };
+    let agent_id = agents
+        .register(RegisterRequest {
+            node: "node-f".into(),
+            zone: ZONE.into(),
+            devices: vec![device("GPU-f0", 250), device("GPU-f1", 140)],
+        })
+        .await?
+        .into_inner()
+        .agent_id;
+    let mut commands = agents
+        .commands(CommandsRequest {
+            agent_id: agent_id.clone(),
+        })
+        .await?
+        .into_inner();
+    let mut operator = live.operator().await?;
+    let plan = operator
+        .submit_job(SubmitJobRequest {
+            job: Some(sim_job("fail", 1, 2)),
+        })
+        .await?
+        .into_inner();
+    ensure!(phase(&plan) == PlanPhase::Run, "{plan:?}");
+    let sample = |uuid: &str| Sample {
+        device_uuid: uuid.into(),
+        time_unix_ms: (sim_t0() + chrono::Duration::minutes(1)).timestamp_millis(),
+        power_watts: 200.0,
+        energy_mj: 1_000,
+        pod: Some(PodRef {
+            namespace: "ml".into(),
+            pod: "fail-worker-0".into(),
+            container: "trainer".into(),
+        }),
+        ..Sample::default()
+    };
+    agents
+        .stream_samples(tokio_stream::iter(vec![SampleBatch {
+            agent_id: agent_id.clone(),
+            sequence: 1,
+            samples: vec![sample("GPU-f0"), sample("GPU-f1")],
+            curves: vec![],
+        }]))
+        .await?;
+    let command = tokio::time::timeout(PATIENCE, commands.message())
+        .await??
+        .context("the command stream ended")?;
+    match &command.kind {
+        Some(command::Kind::SetPowerLimit(s)) => {
+            ensure!(s.device_uuid == "GPU-f0" && s.watts == LIMIT_WATTS, "{s:?}");
+        }
+        other => anyhow::bail!("unexpected command {other:?}"),
+    }
+    let mut watch = operator
+        .watch_plans(WatchPlansRequest {
+            key_prefix: "ml/fail".into(),
+        })
+        .await?
+        .into_inner();
+    agents
+        .report_ack(CommandAck {
+            agent_id: agent_id.clone(),
+            command_id: command.id.clone(),
+            ok: false,
+            error: "driver said no".into(),
+            power_limit_watts: 0,
+        })
+        .await?;
+    let want = "power limit 150 W not applied on node-f/GPU-f0: driver said no, \
+                node-f/GPU-f1: 150 W is outside the device's allowed range 100–140 W";
+    let failed = tokio::time::timeout(PATIENCE, async {
+        while let Some(p) = watch.message().await? {
+            if p.reason.contains("driver said no") {
+                return Ok::<_, anyhow::Error>(p);
+            }
+        }
+        anyhow::bail!("the watch ended")
+    })
+    .await??;
+    ensure!(
+        phase(&failed) == PlanPhase::Run && failed.reason == format!("running; {want}"),
+        "{failed:?}"
+    );
+    // Counted by the command path: one refused, one failed on the agent.
+    let counters = live.commands.counters();
+    let failed_acks = counters
+        .acks
+        .get_or_create(&OutcomeLabels { outcome: "failed" })
+        .get();
+    ensure!(failed_acks == 1, "{failed_acks} failed acknowledgements");
+    // Not retried for this run.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    ensure!(live.sent() == 1, "{} commands sent", live.sent());
+    live.stop().await
 }

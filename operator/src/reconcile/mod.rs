@@ -142,11 +142,12 @@ pub async fn apply(job: &TrainingJob, ctx: &Context) -> Result<Action, Error> {
     pass.condition(ConditionUpdate::new(su::VALID, true, "Valid", ""));
     pass.next.effective_caps = Some(submission.caps.clone());
     let plan = match plan_for(&mut pass, submission).await? {
-        PlanFor::Plan(plan) => plan,
+        PlanFor::Plan(plan) => plan.map(|p| *p),
         PlanFor::Refused(message) => return refused(&mut pass, message).await,
     };
     if let Some(plan) = &plan {
         pass.next.plan = Some(su::plan_status(plan));
+        pass.next.metered = Some(su::metered_status(plan));
         pass.next.signals_degraded = plan.signals_degraded;
     }
     let pods = cluster::list_pods(ctx, job).await?;
@@ -199,20 +200,21 @@ fn resolve(
 }
 
 enum PlanFor {
-    Plan(Option<JobPlan>),
+    // Boxed: a plan is large next to a message.
+    Plan(Option<Box<JobPlan>>),
     Refused(String),
 }
 
 /// Submits the job when the scheduler has no plan for it or its spec changed, and returns its
-/// current plan. A suspended job stays submitted: the placement API cannot pause a job (a
-/// cancelled job cannot come back under the same uid), so the operator holds its pods down and
-/// reports it suspended instead.
+/// current plan. A suspended job stays submitted, `held` (a cancelled job cannot come back
+/// under the same uid): the scheduler keeps no capacity for it, and the operator holds its pods
+/// down and reports it suspended.
 async fn plan_for(pass: &mut Pass<'_>, submission: Submission) -> Result<PlanFor, Error> {
     let (ctx, generation) = (pass.ctx, pass.job.meta().generation);
     let cached = ctx.plans.get(&pass.key, &pass.uid);
     if cached.is_some() && pass.old.submitted_generation == generation {
         planned(pass, cached.as_ref());
-        return Ok(PlanFor::Plan(cached));
+        return Ok(PlanFor::Plan(cached.map(Box::new)));
     }
     match scheduler::submit(ctx, submission.spec).await {
         Ok(plan) => {
@@ -220,7 +222,7 @@ async fn plan_for(pass: &mut Pass<'_>, submission: Submission) -> Result<PlanFor
             let plan = ctx.plans.get(&pass.key, &pass.uid).unwrap_or(plan);
             pass.next.submitted_generation = generation;
             planned(pass, Some(&plan));
-            Ok(PlanFor::Plan(Some(plan)))
+            Ok(PlanFor::Plan(Some(Box::new(plan))))
         }
         Err(CallFailure::Refused(message)) => Ok(PlanFor::Refused(message)),
         Err(CallFailure::Unavailable(source)) => {

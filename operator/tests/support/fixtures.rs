@@ -125,6 +125,9 @@ pub fn plan(phase: PlanPhase, start: i64, revision: u64) -> JobPlan {
         reason: String::new(),
         revision,
         signals_degraded: false,
+        metered_it_kwh: 0.0,
+        metered_cost: 0.0,
+        metered_carbon_kg: 0.0,
     }
 }
 

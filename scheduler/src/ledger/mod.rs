@@ -7,8 +7,10 @@
 //!   are integer nano-units ([`Fixed`]), so every total is an exact integer sum;
 //! - [`store`]: the [`LedgerStore`] interface (atomic [`Batch`] appends, interval queries,
 //!   exact totals) and [`LedgerLocation`], which opens either backend;
-//! - [`sqlite`] and [`postgres`]: the two backends, their schemas created by the same
-//!   numbered migrations;
+//! - [`schema`]: what the backends share, written once: the columns, the numbered
+//!   migrations, the queries (each rendered in a backend's dialect) and reading rows;
+//! - [`sqlite`] and [`postgres`]: the two backends, keeping only their dialect and driver
+//!   calls;
 //! - here: [`Allocation`] (namespace to team and cost centre), [`from_replay`], [`counterfactual_from_replay`] and [`market_from_scenario`], which
 //!   turn a simulator replay into records (actual, and "full power as soon as submitted"), and
 //!   [`write_replay`], which stores them.
@@ -37,6 +39,7 @@
 
 pub mod postgres;
 pub mod record;
+mod schema;
 pub mod sqlite;
 pub mod store;
 
@@ -48,7 +51,7 @@ use thiserror::Error;
 pub use postgres::PostgresLedger;
 pub use record::{Amounts, Fixed, LedgerRecord, MarketSlot, SPOT, UNASSIGNED};
 pub use sqlite::SqliteLedger;
-pub use store::{Appended, Batch, LedgerLocation, LedgerStore};
+pub use store::{Appended, Batch, LedgerLocation, LedgerStore, RecordKind};
 
 use crate::planner::context::slots_needed;
 use crate::scenario::{Job, Scenario, Zone};

@@ -1,8 +1,8 @@
 //! The storage interface of the ledger, where a ledger lives, and opening it.
 //!
-//! Both backends keep the same schema, created by the same numbered migrations (each in its
-//! own dialect, see [`super::sqlite`] and [`super::postgres`]), and answer the same queries
-//! the same way, so the reports cannot tell them apart (the test-suite runs against both).
+//! Both backends keep the same schema, created by the same numbered migrations, and answer
+//! the same queries the same way (all written once in [`super::schema`], rendered in each
+//! one's dialect), so the reports cannot tell them apart (the test-suite runs against both).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -30,6 +30,25 @@ pub struct Appended {
     pub market: usize,
     pub counterfactual: usize,
     pub records: usize,
+}
+
+/// The two tables of priced records: kept apart so that no sum ever mixes what ran with what
+/// would have run, and sharing their columns and queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// What was metered.
+    Metered,
+    /// What the same jobs would have cost run at full power as soon as submitted.
+    Counterfactual,
+}
+
+impl RecordKind {
+    pub(super) fn table(self) -> &'static str {
+        match self {
+            RecordKind::Metered => "ledger_records",
+            RecordKind::Counterfactual => "ledger_counterfactual",
+        }
+    }
 }
 
 /// Append-only storage of ledger records.
@@ -64,18 +83,31 @@ pub trait LedgerStore: Send + std::fmt::Debug {
         };
         Ok(self.append_batch(&batch)?.market)
     }
+    /// Records of `kind` whose interval overlaps `[from, to)`, in start, then id order.
+    fn records_of(
+        &self,
+        kind: RecordKind,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<LedgerRecord>, LedgerError>;
+    /// Number of records of `kind` and the exact sum of their amounts.
+    fn totals_of(&self, kind: RecordKind) -> Result<(usize, Amounts), LedgerError>;
     /// Counterfactual records overlapping `[from, to)`, in start, then id order.
     fn counterfactual_between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<LedgerRecord>, LedgerError>;
+    ) -> Result<Vec<LedgerRecord>, LedgerError> {
+        self.records_of(RecordKind::Counterfactual, from, to)
+    }
     /// Records whose interval overlaps `[from, to)`, in start, then id order.
     fn records_between(
         &self,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
-    ) -> Result<Vec<LedgerRecord>, LedgerError>;
+    ) -> Result<Vec<LedgerRecord>, LedgerError> {
+        self.records_of(RecordKind::Metered, from, to)
+    }
     /// Market slots overlapping `[from, to)`, in zone, then start order.
     fn market_between(
         &self,
@@ -85,9 +117,13 @@ pub trait LedgerStore: Send + std::fmt::Debug {
     /// Every namespace with at least one record, sorted.
     fn namespaces(&self) -> Result<Vec<String>, LedgerError>;
     /// Number of records and the exact sum of their amounts.
-    fn totals(&self) -> Result<(usize, Amounts), LedgerError>;
+    fn totals(&self) -> Result<(usize, Amounts), LedgerError> {
+        self.totals_of(RecordKind::Metered)
+    }
     /// Number of counterfactual records and the exact sum of their amounts.
-    fn counterfactual_totals(&self) -> Result<(usize, Amounts), LedgerError>;
+    fn counterfactual_totals(&self) -> Result<(usize, Amounts), LedgerError> {
+        self.totals_of(RecordKind::Counterfactual)
+    }
     /// The schema version (the highest migration applied).
     fn schema_version(&self) -> Result<i64, LedgerError>;
 }

@@ -8,6 +8,13 @@
 //! Planning instant: at a boundary (or within the start grace after it) the cycle plans for
 //! that boundary and commits the runs that start; between boundaries it plans for the next
 //! boundary and commits nothing, so runs always start on the grid, as in a replay.
+//!
+//! Each cycle first brings the jobs' metered energy up to date (so the budget rule sees this
+//! month's spending), and, with a command center, sends running jobs' power limits to the
+//! devices their pods use; between cycles the power limits are checked every
+//! `Settings::power_check`, and a plan is made again when one could not be applied (so the
+//! job's reason says so). A plan that held a job for its budget is made again at once, on
+//! the capacity it freed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,11 +28,13 @@ use tracing::Instrument as _;
 use super::cluster::{self, NodeSpec, ProfileSource, ZoneSpec};
 use super::feed::{Known, LiveFeed};
 use super::frame::{Frame, FrameInput};
+use super::metering::Pricer;
+use super::power::Enforcer;
 use super::spec::JobRequest;
 use super::state::{State, Submitted};
 use super::{Clock, PlacementConfig, PlacementError, PlanView, ReportedState, Settings};
 use crate::planner::Policy;
-use crate::service::NodeRegistry;
+use crate::service::{CommandCenter, NodeRegistry};
 use crate::units::{Slot, SlotGrid};
 
 /// How long a call waits for the plan that includes its change before answering UNAVAILABLE:
@@ -72,16 +81,38 @@ pub struct Cycle {
     feed: LiveFeed,
     /// The chains' answer of the current wall slot: (that slot, grid start, signals).
     cache: Option<(DateTime<Utc>, SlotGrid, BTreeMap<String, Known>)>,
+    /// Power limits to the running jobs' devices (none: no command path).
+    power: Option<Enforcer>,
 }
 
 impl Placement {
     /// Opens the store and builds the service; the returned [`Cycle`] must be run for plans to
-    /// be made.
+    /// be made. No power limits are sent (see [`Placement::open_with_commands`]).
     pub fn open(
         config: PlacementConfig,
         registry: NodeRegistry,
     ) -> Result<(Self, Cycle), PlacementError> {
+        Self::open_inner(config, registry, None)
+    }
+
+    /// As [`Placement::open`], sending running jobs' power limits through `commands`.
+    pub fn open_with_commands(
+        config: PlacementConfig,
+        registry: NodeRegistry,
+        commands: CommandCenter,
+    ) -> Result<(Self, Cycle), PlacementError> {
+        Self::open_inner(config, registry, Some(commands))
+    }
+
+    fn open_inner(
+        config: PlacementConfig,
+        registry: NodeRegistry,
+        commands: Option<CommandCenter>,
+    ) -> Result<(Self, Cycle), PlacementError> {
         let now = config.clock.now();
+        // A job's energy is priced per planning slot: the registry's slots are the same.
+        registry.set_meter_slot(config.settings.slot_minutes.saturating_mul(60));
+        let power = commands.map(|c| Enforcer::new(c, registry.clone()));
         let state = State::open(config.settings.clone(), config.store.as_deref(), now)?;
         let feed = LiveFeed::new(&config.signals).map_err(PlacementError::BuildSignals)?;
         let (plans, _) = broadcast::channel(config.settings.watch_buffer.max(1));
@@ -106,6 +137,7 @@ impl Placement {
             placement: placement.clone(),
             feed,
             cache: None,
+            power,
         };
         Ok((placement, cycle))
     }
@@ -289,15 +321,28 @@ impl Cycle {
         let mut stop = inner.stop.subscribe();
         let span = tracing::info_span!("placement_cycle");
         async move {
-            loop {
+            let mut power_ticks = tokio::time::interval(inner.settings.power_check);
+            power_ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            'plans: loop {
                 if *stop.borrow() {
                     break;
                 }
-                let next = self.plan_once().await;
-                let woken = tokio::select! {
-                    _ = stop.wait_for(|s| *s) => break,
-                    _ = inner.clock.sleep_until(next) => false,
-                    _ = inner.wake.notified() => true,
+                let (next, again) = self.plan_once().await;
+                if again {
+                    continue;
+                }
+                let woken = loop {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => break 'plans,
+                        _ = inner.clock.sleep_until(next) => break false,
+                        _ = inner.wake.notified() => break true,
+                        _ = power_ticks.tick() => {
+                            if self.enforce_power() {
+                                // A limit could not be applied: the plan's reason says so.
+                                break false;
+                            }
+                        }
+                    }
                 };
                 if woken {
                     tokio::select! {
@@ -312,8 +357,21 @@ impl Cycle {
         .await;
     }
 
-    /// Plans once; returns the next slot boundary to plan at.
-    async fn plan_once(&mut self) -> DateTime<Utc> {
+    /// Sends the power limits of the runs in progress to the devices their pods use; returns
+    /// whether a job's power-limit failures changed.
+    fn enforce_power(&mut self) -> bool {
+        let Some(power) = self.power.as_mut() else {
+            return false;
+        };
+        let wall = self.placement.inner.clock.now();
+        let runs = self.placement.state().active_runs(wall);
+        let failures = power.enforce(&runs);
+        self.placement.state().set_power_failures(failures)
+    }
+
+    /// Plans once; returns the next slot boundary to plan at, and whether to plan again at
+    /// once.
+    async fn plan_once(&mut self) -> (DateTime<Utc>, bool) {
         let inner = Arc::clone(&self.placement.inner);
         let s = &inner.settings;
         let wall = inner.clock.now();
@@ -332,9 +390,21 @@ impl Cycle {
         let fetch_slots =
             history + (s.max_horizon.num_minutes() / i64::from(s.slot_minutes)) as Slot;
         let signals = self.signals(wall, grid, fetch_slots).await;
+        let pricer = Pricer {
+            grid,
+            zones: inner
+                .zones
+                .iter()
+                .filter_map(|z| signals.get(&z.name).map(|k| (z.name.as_str(), (z.pue, k))))
+                .collect(),
+        };
+        let metered = self.placement.state().meter(&inner.registry, &pricer);
+        // Older slots can no longer be priced here: what was priced is in the placement store.
+        inner.registry.prune_pod_slots(grid.start.timestamp());
         let nodes = cluster::current_nodes(&inner.static_nodes, &inner.registry);
         let profiles = inner.profiles.profiles();
-        let (jobs, running) = self.placement.state().frame_jobs(at);
+        let taken = self.placement.state().frame_jobs(at, wall);
+        let (jobs, running, held) = (taken.queue, taken.running, taken.held);
         let queued = jobs.len();
         let frame = Frame::build(FrameInput {
             settings: s,
@@ -354,26 +424,33 @@ impl Cycle {
             (frame, plan)
         })
         .await;
-        let changes = match planned {
+        // The runs in progress get their limits before the plans are published, so a failure
+        // already known shows in them.
+        self.enforce_power();
+        let (changes, again) = match planned {
             Ok((frame, plan)) => {
                 tracing::debug!(
-                    at = %at, commit, queued, starts = plan.starts.len(),
+                    at = %at, commit, queued, held, metered, starts = plan.starts.len(),
                     intents = plan.intents.len(), rejections = plan.rejections.len(),
                     "planned"
                 );
-                self.placement.state().apply(&frame, &plan, commit, wall)
+                let mut state = self.placement.state();
+                let changes = state.apply(&frame, &plan, commit, wall);
+                (changes, state.take_replan())
             }
             Err(e) => {
                 tracing::error!(error = %e, "the planner failed; plans are unchanged");
-                Vec::new()
+                (Vec::new(), false)
             }
         };
         for c in changes {
             // No watcher is not an error.
             let _ = inner.plans.send(c);
         }
-        inner.planned.send_replace(ticket);
-        if commit { at + s.slot() } else { at }
+        if !again {
+            inner.planned.send_replace(ticket);
+        }
+        (if commit { at + s.slot() } else { at }, again)
     }
 
     /// The zones' signals for this cycle. Provider chains are asked at most once per wall

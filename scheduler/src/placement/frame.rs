@@ -263,6 +263,8 @@ impl Frame {
             deadline: self.grid.last_boundary_at_or_before(spec.deadline),
             preemptible: spec.preemptible,
             price_cap: spec.price_cap,
+            carbon_cap: spec.carbon_cap,
+            carbon_price: spec.carbon_price,
             work_left: progress::work_left(
                 spec.work,
                 s.checkpoint_overhead,

@@ -55,6 +55,9 @@ pub fn job_request(spec: WireSpec) -> JobRequest {
         preemptible: spec.preemptible,
         price_cap_per_mwh: spec.price_cap_per_mwh,
         carbon_cap_g_per_kwh: spec.carbon_cap_g_per_kwh,
+        monthly_budget: spec.monthly_budget,
+        carbon_price_per_tonne: spec.carbon_price_per_tonne,
+        held: spec.held,
     }
 }
 
@@ -88,6 +91,9 @@ pub fn job_plan(v: PlanView) -> JobPlan {
         signals_degraded: v.signals_degraded,
         reason: v.reason,
         revision: v.revision,
+        metered_it_kwh: v.metered.energy.0,
+        metered_cost: v.metered.cost.0,
+        metered_carbon_kg: v.metered.carbon.0,
     }
 }
 

@@ -10,10 +10,14 @@
 //! - [`feed`]: the zones' signals as known now, from provider chains or CSV rows;
 //! - [`frame`]: one planning instant, owned, lending the policy its [`Snapshot`];
 //! - [`state`]: the jobs, their committed runs and their plans; applying a policy's
-//!   plan (runs that start are committed and never moved);
+//!   plan (runs that start are committed and never moved); holds;
+//! - [`budget`]: the monthly budget rule and the user's hold, in words;
+//! - [`metering`]: a job's energy as the agents metered it on its worker pods, priced per
+//!   zone and slot;
+//! - [`power`]: power limits sent to the devices a running job's pods use;
 //! - `view`: a job's plan as published: phase, next run, reason, estimates of cost, carbon
-//!   and saving, degraded signals;
-//! - [`store`]: committed runs and revisions on SQLite;
+//!   and saving, metered energy, degraded signals;
+//! - [`store`]: committed runs, revisions, metered energy and restarts on SQLite;
 //! - [`cycle`]: [`Placement`], the shared handle (submit, cancel, get, watch, report), and
 //!   the task that re-plans at every slot boundary and, debounced, after every change;
 //! - [`grpc`]: the tonic `PlacementService` over [`Placement`];
@@ -21,6 +25,7 @@
 //!
 //! [`Snapshot`]: crate::planner::Snapshot
 
+pub mod budget;
 pub mod clock;
 pub mod cluster;
 pub mod config;
@@ -28,6 +33,8 @@ pub mod cycle;
 pub mod feed;
 pub mod frame;
 pub mod grpc;
+pub mod metering;
+pub mod power;
 pub mod spec;
 pub mod state;
 pub mod store;
@@ -48,7 +55,7 @@ pub use spec::{JobRequest, JobSpec};
 use crate::planner::PolicyKind;
 use crate::scenario::Profile;
 pub use crate::scenario::SignalRows;
-use crate::units::{Hours, KgCo2e, Money, MoneyPerTonne, Watts};
+use crate::units::{Hours, KgCo2e, KilowattHours, Money, MoneyPerTonne, Watts};
 
 /// How the live cycle plans: what a scenario's `scenario.yaml` says for a replay.
 #[derive(Debug, Clone)]
@@ -78,6 +85,9 @@ pub struct Settings {
     pub done_retention: Duration,
     /// Plan changes a watcher may fall behind by before it is sent a fresh full snapshot.
     pub watch_buffer: usize,
+    /// How often the power limits of running jobs are checked against the devices their pods
+    /// use (and the answers of the agents read), between planning cycles.
+    pub power_check: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -106,6 +116,9 @@ impl Default for Settings {
             done_retention: Duration::hours(24),
             // Far more than one cycle's changes for a watcher reading normally.
             watch_buffer: 1024,
+            // Agents refresh their GPU -> pod attribution every few seconds; a limit reaching a
+            // pod's devices within seconds of its first sample costs nothing worth saving.
+            power_check: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -249,6 +262,19 @@ pub struct PlanView {
     pub reason: String,
     /// Increases with every change of this job's plan (across restarts too, with a store).
     pub revision: u64,
+    /// What the job's pods have used so far, as the node agents metered it.
+    pub metered: Metered,
+}
+
+/// Energy metered on a job's pods, and what it cost where and when it was used.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Metered {
+    /// IT energy (before PUE).
+    pub energy: KilowattHours,
+    /// At the price of the zone and slot it was metered in, PUE applied.
+    pub cost: Money,
+    /// At the carbon intensity of the zone and slot it was metered in, PUE applied.
+    pub carbon: KgCo2e,
 }
 
 /// What the operator says a job's pods are doing.

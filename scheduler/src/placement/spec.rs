@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 
 use super::PlacementError;
-use crate::units::{Hours, PricePerMwh};
+use crate::units::{GramsPerKwh, Hours, Money, MoneyPerTonne, PricePerMwh};
 
 /// Longest job accepted: a year of work at full power. Beyond it the job is surely a unit
 /// mistake (seconds for hours), and the planner would build a year of slots for it.
@@ -33,6 +33,9 @@ pub struct JobRequest {
     pub preemptible: bool,
     pub price_cap_per_mwh: Option<f64>,
     pub carbon_cap_g_per_kwh: Option<f64>,
+    pub monthly_budget: Option<f64>,
+    pub carbon_price_per_tonne: Option<f64>,
+    pub held: bool,
 }
 
 /// A checked job.
@@ -55,6 +58,13 @@ pub struct JobSpec {
     pub deadline: DateTime<Utc>,
     pub preemptible: bool,
     pub price_cap: Option<PricePerMwh>,
+    pub carbon_cap: Option<GramsPerKwh>,
+    /// The namespace's monthly energy budget (see `placement::budget`).
+    pub monthly_budget: Option<Money>,
+    /// The job's own carbon price for its objective; `None`: the scheduler's.
+    pub carbon_price: Option<MoneyPerTonne>,
+    /// Held by its user: not planned, no capacity kept.
+    pub held: bool,
 }
 
 impl JobSpec {
@@ -153,23 +163,17 @@ impl JobRequest {
             }
             c => c.map(PricePerMwh),
         };
-        match self.carbon_cap_g_per_kwh {
+        let non_negative = |field: &'static str, v: Option<f64>| match v {
             Some(c) if !(c.is_finite() && c >= 0.0) => {
-                return Err(bad(
-                    "carbon_cap_g_per_kwh",
-                    format!("{c} must be zero or more"),
-                ));
+                Err(bad(field, format!("{c} must be a number, zero or more")))
             }
-            // Refused rather than ignored: a cap the planner does not keep would be a
-            // promise broken in silence.
-            Some(_) => {
-                return Err(bad(
-                    "carbon_cap_g_per_kwh",
-                    "carbon caps are not supported by the planner yet; leave it unset".into(),
-                ));
-            }
-            None => {}
-        }
+            c => Ok(c),
+        };
+        let carbon_cap =
+            non_negative("carbon_cap_g_per_kwh", self.carbon_cap_g_per_kwh)?.map(GramsPerKwh);
+        let monthly_budget = non_negative("monthly_budget", self.monthly_budget)?.map(Money);
+        let carbon_price =
+            non_negative("carbon_price_per_tonne", self.carbon_price_per_tonne)?.map(MoneyPerTonne);
         let accelerator = match accelerator_name(&self.accelerator) {
             a if a.is_empty() => None,
             a => Some(a),
@@ -234,6 +238,10 @@ impl JobRequest {
             deadline,
             preemptible: self.preemptible,
             price_cap,
+            carbon_cap,
+            monthly_budget,
+            carbon_price,
+            held: self.held,
         })
     }
 }
@@ -293,6 +301,16 @@ mod tests {
         assert_eq!(spec.accelerator.as_deref(), Some("v100"));
         assert_eq!(spec.gpus(), 8);
         assert_eq!(spec.profile, None);
+        let mut r = request();
+        r.carbon_cap_g_per_kwh = Some(150.0);
+        r.monthly_budget = Some(0.0);
+        r.carbon_price_per_tonne = Some(90.0);
+        r.held = true;
+        let spec = r.check(now, &cluster()).expect("valid");
+        assert_eq!(spec.carbon_cap, Some(GramsPerKwh(150.0)));
+        assert_eq!(spec.monthly_budget, Some(Money(0.0)));
+        assert_eq!(spec.carbon_price, Some(MoneyPerTonne(90.0)));
+        assert!(spec.held);
     }
 
     #[test]
@@ -321,7 +339,19 @@ mod tests {
             ),
             (
                 "carbon_cap_g_per_kwh",
-                Box::new(|r| r.carbon_cap_g_per_kwh = Some(100.0)),
+                Box::new(|r| r.carbon_cap_g_per_kwh = Some(f64::INFINITY)),
+            ),
+            (
+                "monthly_budget",
+                Box::new(|r| r.monthly_budget = Some(-1.0)),
+            ),
+            (
+                "monthly_budget",
+                Box::new(|r| r.monthly_budget = Some(f64::NAN)),
+            ),
+            (
+                "carbon_price_per_tonne",
+                Box::new(|r| r.carbon_price_per_tonne = Some(-80.0)),
             ),
             ("accelerator", Box::new(|r| r.accelerator = "tpu".into())),
             ("profile", Box::new(|r| r.profile = "h100/llama".into())),

@@ -9,19 +9,32 @@
 //! A job whose planned runs are over but which is not reported finished shows RUN (its pods
 //! are not stopped by a plan that merely ran out), and, while the operator reports it running,
 //! keeps its nodes one slot at a time.
+//!
+//! Holds: a job held by its user (`held`) is kept but left out of planning (no capacity is
+//! reserved for it); a run it has in progress ends at the next slot boundary, and a
+//! non-preemptible job starts over when it is released (the work of its cut run is lost). A
+//! job whose namespace's monthly budget its estimate would overrun is held the same way
+//! (`placement::budget`) until the month's spending or the budget changes.
+//!
+//! Metering: each cycle brings every job's metered energy up to what the node agents reported
+//! for its worker pods (`metering`), and keeps the month-to-date cost of each namespace.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use chrono::{DateTime, Duration, Utc};
 
+use super::budget;
 use super::frame::{Frame, FrameJob, FrameRun};
+use super::metering::{self, JobMetered, Pricer};
+use super::power::{ActiveRun, Failures};
 use super::spec::JobSpec;
-use super::store::{CommittedRun, Store};
-use super::view::view_of;
+use super::store::{CommittedRun, MeteredSlot, Store};
+use super::view::{next_cost, view_of};
 use super::{Phase, PlacementError, PlanView, ReportedState, Settings};
 use crate::planner::Plan;
 use crate::planner::progress::{self, check_start};
+use crate::service::NodeRegistry;
 use crate::units::{Hours, KgCo2e, Money, Slot};
 
 /// Runs that ended longer ago than this are dropped from the store at start-up: no job waits
@@ -41,16 +54,41 @@ pub(super) struct LiveJob {
     /// Raised on every spec change, so that a plan made for an older spec is not applied.
     version: u64,
     pub(super) runs: Vec<CommittedRun>,
+    /// The first of `runs` whose work counts (a non-preemptible job held after it started
+    /// starts over).
+    pub(super) restart: usize,
     pub(super) ending: Option<(Ending, DateTime<Utc>)>,
     reported: Option<ReportedState>,
     pub(super) view: PlanView,
+    /// Energy metered on its pods, per zone and slot.
+    pub(super) metered: JobMetered,
+    /// Held for its namespace's budget, with the estimate it was held with.
+    budget_hold: Option<Money>,
+    /// Power limits of its run in progress that could not be applied, one line per device.
+    pub(super) power_failures: Vec<String>,
 }
 
 impl LiveJob {
-    /// Work done by its committed runs, hours.
-    pub(super) fn done(&self) -> f64 {
-        self.runs.iter().map(|r| r.work_done.0).sum()
+    /// The runs whose work counts towards the job.
+    pub(super) fn progress_runs(&self) -> &[CommittedRun] {
+        &self.runs[self.restart.min(self.runs.len())..]
     }
+
+    /// Work done by its committed runs (those that count), hours.
+    pub(super) fn done(&self) -> f64 {
+        self.progress_runs().iter().map(|r| r.work_done.0).sum()
+    }
+}
+
+/// What a planning frame takes from the state.
+#[derive(Debug, Default)]
+pub struct FrameJobs {
+    /// Jobs to plan.
+    pub queue: Vec<FrameJob>,
+    /// Runs holding nodes.
+    pub running: Vec<FrameRun>,
+    /// Jobs left out because they are held, with the reason.
+    pub held: usize,
 }
 
 /// What a submission did.
@@ -77,6 +115,8 @@ pub(super) enum Decision {
     Rejected(String),
     /// A start that could not be made (refused by the checks or not recorded).
     NotStarted(String),
+    /// Held (by its user, or by its namespace's budget): not planned.
+    Held(String),
 }
 
 /// The live state.
@@ -87,6 +127,17 @@ pub struct State {
     /// Committed runs whose job has not been submitted since a restart: they hold their nodes
     /// all the same, and join their job when it is submitted again.
     orphans: Vec<CommittedRun>,
+    /// Metered energy and restarts of jobs not submitted since a restart, by (key, uid).
+    orphan_metered: HashMap<(String, String), JobMetered>,
+    orphan_restarts: HashMap<(String, String), usize>,
+    /// Metered cost per (namespace, UTC month start, Unix seconds), every job's, finished or
+    /// forgotten ones too.
+    month_cost: BTreeMap<(String, i64), f64>,
+    /// Jobs held at the last frame: key -> (spec version, reason).
+    held: HashMap<String, (u64, String)>,
+    /// Set when a plan held a job for its budget: the capacity it was planned on is free, so
+    /// the cycle plans again at once.
+    replan: bool,
     store: Store,
     next_version: u64,
 }
@@ -101,8 +152,28 @@ impl State {
         let mut store = Store::open(store)?;
         let pruned = store.prune(now - PRUNE_AFTER)?;
         let orphans = store.runs()?;
+        let mut orphan_metered: HashMap<(String, String), JobMetered> = HashMap::new();
+        let mut month_cost: BTreeMap<(String, i64), f64> = BTreeMap::new();
+        let metered = store.metered()?;
+        let slots = metered.len();
+        for m in metered {
+            let month = metering::month_start(m.slot_start).timestamp();
+            *month_cost
+                .entry((metering::namespace_of(&m.key).to_owned(), month))
+                .or_default() += m.cost;
+            orphan_metered
+                .entry((m.key.clone(), m.uid.clone()))
+                .or_default()
+                .insert((m.zone.clone(), m.slot_start.timestamp()), m);
+        }
+        let orphan_restarts = store
+            .restarts()?
+            .into_iter()
+            .map(|(k, u, first)| ((k, u), first))
+            .collect();
         tracing::info!(
             runs = orphans.len(),
+            metered_slots = slots,
             pruned,
             store = %store.path().map_or_else(|| "memory".into(), |p| p.display().to_string()),
             "placement store opened"
@@ -111,6 +182,11 @@ impl State {
             settings,
             jobs: BTreeMap::new(),
             orphans,
+            orphan_metered,
+            orphan_restarts,
+            month_cost,
+            held: HashMap::new(),
+            replan: false,
             store,
             next_version: 0,
         })
@@ -140,8 +216,13 @@ impl State {
                 if job.spec == spec || job.ending.is_some() {
                     return Ok(Submitted::Unchanged(Box::new(job.view.clone())));
                 }
+                let newly_held = spec.held && !job.spec.held;
                 job.spec = spec;
                 job.version = version;
+                let key = job.spec.key.clone();
+                if newly_held {
+                    self.hold_runs(&key, now);
+                }
                 return Ok(Submitted::Changed);
             }
             Some(old) => {
@@ -155,6 +236,9 @@ impl State {
         let (mine, mut others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.orphans)
             .into_iter()
             .partition(|r| r.key == spec.key && r.uid == spec.uid);
+        let id = (spec.key.clone(), spec.uid.clone());
+        let metered = self.orphan_metered.remove(&id).unwrap_or_default();
+        let restart = self.orphan_restarts.remove(&id).unwrap_or(0);
         // Runs of an older object of the same name: it was deleted, so are its pods.
         let stale: Vec<CommittedRun> = others
             .iter_mut()
@@ -180,19 +264,51 @@ impl State {
             reason: "waiting for the first plan".to_owned(),
             // A new job's plan is a change, even before it is planned.
             revision: revision + 1,
+            metered: metering::totals(&metered),
         };
+        let key = spec.key.clone();
+        let held = spec.held;
         self.jobs.insert(
-            spec.key.clone(),
+            key.clone(),
             LiveJob {
                 spec,
                 version,
                 runs: mine,
+                restart,
                 ending: None,
                 reported: None,
                 view,
+                metered,
+                budget_hold: None,
+                power_failures: Vec::new(),
             },
         );
+        if held {
+            self.hold_runs(&key, now);
+        }
         Ok(Submitted::Changed)
+    }
+
+    /// A job its user holds: its run in progress ends at the next boundary; a non-preemptible
+    /// job that started will start over when released.
+    fn hold_runs(&mut self, key: &str, now: DateTime<Utc>) {
+        let Some(job) = self.jobs.get_mut(key) else {
+            return;
+        };
+        let cut = cut_runs(&self.settings, &mut job.runs, now);
+        let restart = (!job.spec.preemptible && job.restart < job.runs.len())
+            .then(|| (job.spec.key.clone(), job.spec.uid.clone(), job.runs.len()));
+        if let Some((_, _, first)) = &restart {
+            job.restart = *first;
+        }
+        self.record_cut(&cut);
+        if let Some((key, uid, first)) = restart {
+            tracing::info!(job = %key, first_run = first, "held after it started: it will start over");
+            if let Err(e) = self.store.write_restart(&key, &uid, first) {
+                // A restart would count the lost run's work as done; the run was cut either way.
+                tracing::warn!(error = %e, "could not record a job's restart");
+            }
+        }
     }
 
     /// Cancels a job (and any runs of it still waiting for a re-submission); returns whether
@@ -284,20 +400,72 @@ impl State {
     /// Whether a job waits to be planned at instant `at` (it is not finished, not running
     /// through `at`, and its planned work is not all done).
     fn queued(&self, job: &LiveJob, at: DateTime<Utc>) -> bool {
+        let runs = job.progress_runs();
         job.ending.is_none()
             && !job.runs.iter().any(|r| r.end > at)
-            && (job.runs.is_empty()
+            && (runs.is_empty()
                 || (job.spec.preemptible
                     && !progress::is_done(
                         job.spec.work,
                         self.settings.checkpoint_overhead,
-                        job.runs.len(),
+                        runs.len(),
                         job.done(),
                     )))
     }
 
-    /// The queue and the runs holding nodes at planning instant `at`.
-    pub fn frame_jobs(&self, at: DateTime<Utc>) -> (Vec<FrameJob>, Vec<FrameRun>) {
+    /// Month-to-date metered cost of `namespace` at `wall`.
+    fn spent(&self, namespace: &str, wall: DateTime<Utc>) -> Money {
+        let month = metering::month_start(wall).timestamp();
+        Money(
+            self.month_cost
+                .get(&(namespace.to_owned(), month))
+                .copied()
+                .unwrap_or(0.0),
+        )
+    }
+
+    /// Why a job is held now, if it is: by its user, or (while the estimate it was held with
+    /// still overruns) by its namespace's budget.
+    fn hold_reason(&self, job: &LiveJob, wall: DateTime<Utc>) -> Option<String> {
+        if job.spec.held {
+            return Some(budget::HELD_BY_USER.to_owned());
+        }
+        let (estimate, limit) = (job.budget_hold?, job.spec.monthly_budget?);
+        let ns = metering::namespace_of(&job.spec.key);
+        budget::exhausted(
+            ns,
+            self.spent(ns, wall),
+            estimate,
+            limit,
+            &self.settings.currency,
+        )
+    }
+
+    /// The queue and the runs holding nodes at planning instant `at` (wall time `wall`); held
+    /// jobs are left out, and remembered for [`State::apply`].
+    pub fn frame_jobs(&mut self, at: DateTime<Utc>, wall: DateTime<Utc>) -> FrameJobs {
+        let mut held = HashMap::new();
+        let mut released = Vec::new();
+        for (key, job) in &self.jobs {
+            if !self.queued(job, at) {
+                continue;
+            }
+            match self.hold_reason(job, wall) {
+                Some(reason) => {
+                    held.insert(key.clone(), (job.version, reason));
+                }
+                None if job.budget_hold.is_some() => released.push(key.clone()),
+                None => {}
+            }
+        }
+        for key in released {
+            if let Some(job) = self.jobs.get_mut(&key) {
+                tracing::info!(job = %key, "the namespace's budget allows the job again");
+                job.budget_hold = None;
+            }
+        }
+        let n_held = held.len();
+        self.held = held;
         let mut queue = Vec::new();
         let mut running: Vec<FrameRun> = self
             .orphans
@@ -309,12 +477,15 @@ impl State {
                 end: r.end,
             })
             .collect();
-        for job in self.jobs.values() {
+        for (key, job) in &self.jobs {
+            if self.held.contains_key(key) {
+                continue;
+            }
             if self.queued(job, at) {
                 queue.push(FrameJob {
                     spec: job.spec.clone(),
                     version: job.version,
-                    runs_done: job.runs.len(),
+                    runs_done: job.progress_runs().len(),
                     done: job.done(),
                 });
                 continue;
@@ -332,7 +503,84 @@ impl State {
                 });
             }
         }
-        (queue, running)
+        FrameJobs {
+            queue,
+            running,
+            held: n_held,
+        }
+    }
+
+    /// Whether the last plan held a job for its budget (then the cycle plans again at once);
+    /// clears the flag.
+    pub fn take_replan(&mut self) -> bool {
+        std::mem::take(&mut self.replan)
+    }
+
+    /// Brings every job's metered energy up to what the registry holds for its pods, prices
+    /// what is new at `pricer`'s signals and records it; returns how many slots changed.
+    pub fn meter(&mut self, registry: &NodeRegistry, pricer: &Pricer<'_>) -> usize {
+        let mut changed: Vec<MeteredSlot> = Vec::new();
+        for job in self.jobs.values_mut() {
+            let pods = metering::worker_pods(&job.spec.key, job.spec.workers);
+            let readings = registry.pod_slot_energy(&pods);
+            if readings.is_empty() {
+                continue;
+            }
+            let from = self.settings.floor(job.spec.submit);
+            let ns = metering::namespace_of(&job.spec.key).to_owned();
+            for (slot, delta) in metering::update(
+                &job.spec.key,
+                &job.spec.uid,
+                &mut job.metered,
+                &readings,
+                from,
+                pricer,
+            ) {
+                let month = metering::month_start(slot.slot_start).timestamp();
+                *self.month_cost.entry((ns.clone(), month)).or_default() += delta;
+                changed.push(slot);
+            }
+        }
+        if let Err(e) = self.store.write_metered(&changed) {
+            // Kept in memory; the next change of the same slots writes them again.
+            tracing::warn!(error = %e, "could not record metered energy");
+        }
+        changed.len()
+    }
+
+    /// The runs in progress at `wall`, for their power limits.
+    pub fn active_runs(&self, wall: DateTime<Utc>) -> Vec<ActiveRun> {
+        self.jobs
+            .values()
+            .filter(|j| j.ending.is_none() && !j.spec.held)
+            .flat_map(|j| {
+                j.runs
+                    .iter()
+                    .filter(move |r| r.start <= wall && r.end > wall)
+                    .map(move |r| ActiveRun {
+                        key: j.spec.key.clone(),
+                        uid: j.spec.uid.clone(),
+                        seq: r.seq,
+                        workers: j.spec.workers,
+                        // Profiles hold whole watts (the scenario format checks it).
+                        watts: r.power_limit.0.round() as u32,
+                    })
+            })
+            .collect()
+    }
+
+    /// Takes the power-limit failures of the runs in progress; returns whether any job's
+    /// changed (its plan then needs publishing again).
+    pub fn set_power_failures(&mut self, mut failures: Failures) -> bool {
+        let mut changed = false;
+        for (key, job) in &mut self.jobs {
+            let now = failures.remove(key).unwrap_or_default();
+            if now != job.power_failures {
+                job.power_failures = now;
+                changed = true;
+            }
+        }
+        changed
     }
 
     /// Applies `plan`, made from `frame` at wall time `wall`: commits the runs that start (when
@@ -345,12 +593,18 @@ impl State {
         commit: bool,
         wall: DateTime<Utc>,
     ) -> Vec<PlanView> {
-        let mut decisions = self.decide(frame, plan, commit);
+        let mut decisions = self.decide(frame, plan, commit, wall);
+        for (key, (version, reason)) in &self.held {
+            if self.jobs.get(key).is_some_and(|j| j.version == *version) {
+                decisions.insert(key.clone(), Decision::Held(reason.clone()));
+            }
+        }
         let in_frame: HashSet<(&str, u64)> = frame
             .entries
             .iter()
             .chain(frame.refused.iter().map(|(e, _)| e))
             .map(|e| (e.key.as_str(), e.version))
+            .chain(self.held.iter().map(|(k, (v, _))| (k.as_str(), *v)))
             .collect();
         let mut changed = Vec::new();
         let at = frame.grid.instant(frame.now);
@@ -399,9 +653,43 @@ impl State {
         changed
     }
 
+    /// Holds a job whose next run, started at `start` in `zone` at power point `point`, would
+    /// take its namespace over its monthly budget; returns the reason.
+    fn over_budget(
+        &mut self,
+        frame: &Frame,
+        key: &str,
+        next: (Slot, usize, usize),
+        wall: DateTime<Utc>,
+    ) -> Option<String> {
+        let job = self.jobs.get(key)?;
+        let limit = job.spec.monthly_budget?;
+        let estimate = next_cost(frame, &self.settings, job, next.0, next.1, next.2)?;
+        let ns = metering::namespace_of(key);
+        let reason = budget::exhausted(
+            ns,
+            self.spent(ns, wall),
+            estimate,
+            limit,
+            &self.settings.currency,
+        )?;
+        tracing::info!(job = %key, %reason, "held for its namespace's budget");
+        if let Some(job) = self.jobs.get_mut(key) {
+            job.budget_hold = Some(estimate);
+        }
+        self.replan = true;
+        Some(reason)
+    }
+
     /// Turns the policy's plan into one decision per job, committing (and recording) the runs
-    /// that start when `commit`.
-    fn decide(&mut self, frame: &Frame, plan: &Plan, commit: bool) -> HashMap<String, Decision> {
+    /// that start when `commit`. A job the budget rule holds is not started.
+    fn decide(
+        &mut self,
+        frame: &Frame,
+        plan: &Plan,
+        commit: bool,
+        wall: DateTime<Utc>,
+    ) -> HashMap<String, Decision> {
         let snap = frame.snapshot();
         let mut used = vec![0u32; frame.nodes.len()];
         for a in &frame.active {
@@ -414,10 +702,27 @@ impl State {
         };
         let mut decisions: HashMap<String, Decision> = HashMap::new();
         let mut new_runs: Vec<CommittedRun> = Vec::new();
-        for s in &plan.starts {
-            let Some(key) = current(s.pending) else {
+        let starts: Vec<(String, &crate::planner::Start)> = plan
+            .starts
+            .iter()
+            .filter_map(|s| current(s.pending).map(|k| (k, s)))
+            .collect();
+        let intents: Vec<(String, &crate::planner::Intent)> = plan
+            .intents
+            .iter()
+            .filter_map(|i| current(i.pending).map(|k| (k, i)))
+            .collect();
+        let rejections: Vec<(String, String)> = plan
+            .rejections
+            .iter()
+            .filter_map(|r| current(r.pending).map(|k| (k, r.reason.clone())))
+            .collect();
+        for (key, s) in starts {
+            if let Some(reason) = self.over_budget(frame, &key, (frame.now, s.zone, s.point), wall)
+            {
+                decisions.insert(key, Decision::Held(reason));
                 continue;
-            };
+            }
             if !commit {
                 decisions.insert(
                     key,
@@ -438,7 +743,9 @@ impl State {
             for &(n, g) in &s.nodes {
                 used[n] += g;
             }
-            let job = &self.jobs[&key];
+            let Some(job) = self.jobs.get(&key) else {
+                continue;
+            };
             let pending = &frame.queue[s.pending];
             let point = frame.profiles[pending.profile].points[s.point];
             new_runs.push(CommittedRun {
@@ -463,23 +770,23 @@ impl State {
             });
             decisions.insert(key, Decision::Started);
         }
-        for i in &plan.intents {
-            if let Some(key) = current(i.pending) {
-                decisions.insert(
-                    key,
-                    Decision::Next {
-                        start: i.start,
-                        zone: i.zone,
-                        point: i.point,
-                        nodes: i.nodes.clone(),
-                    },
-                );
+        for (key, i) in intents {
+            if let Some(reason) = self.over_budget(frame, &key, (i.start, i.zone, i.point), wall) {
+                decisions.insert(key, Decision::Held(reason));
+                continue;
             }
+            decisions.insert(
+                key,
+                Decision::Next {
+                    start: i.start,
+                    zone: i.zone,
+                    point: i.point,
+                    nodes: i.nodes.clone(),
+                },
+            );
         }
-        for r in &plan.rejections {
-            if let Some(key) = current(r.pending) {
-                decisions.insert(key, Decision::Rejected(r.reason.clone()));
-            }
+        for (key, reason) in rejections {
+            decisions.insert(key, Decision::Rejected(reason));
         }
         for (e, reason) in &frame.refused {
             if self

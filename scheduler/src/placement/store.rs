@@ -1,6 +1,9 @@
 //! Committed runs and plan revisions on SQLite, so that a restarted scheduler never moves a
-//! run that started and never hands out a revision it already used. A file when the service is
-//! given one, in memory otherwise (then a restart forgets, as with no store at all).
+//! run that started and never hands out a revision it already used; the energy metered on each
+//! job's pods per zone and slot, priced (what the plans' metered figures and the namespaces'
+//! month-to-date costs are made of); and where a job restarted from scratch (a non-preemptible
+//! job held by its user after it started). A file when the service is given one, in memory
+//! otherwise (then a restart forgets, as with no store at all).
 //!
 //! The schema is created by numbered migrations recorded in `PRAGMA user_version`.
 
@@ -29,7 +32,8 @@ pub struct CommittedRun {
     pub work_done: Hours,
 }
 
-const MIGRATIONS: &[&str] = &["
+const MIGRATIONS: &[&str] = &[
+    "
 CREATE TABLE placement_runs (
     job_key TEXT NOT NULL,
     uid TEXT NOT NULL,
@@ -46,7 +50,45 @@ CREATE TABLE placement_revisions (
     job_key TEXT PRIMARY KEY,
     revision INTEGER NOT NULL
 );
-"];
+",
+    "
+CREATE TABLE placement_metered (
+    job_key TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    zone TEXT NOT NULL,
+    slot_start_unix_s INTEGER NOT NULL,
+    energy_mj INTEGER NOT NULL,
+    cost REAL NOT NULL,
+    carbon_kg REAL NOT NULL,
+    priced INTEGER NOT NULL,
+    PRIMARY KEY (job_key, uid, zone, slot_start_unix_s)
+);
+CREATE TABLE placement_restarts (
+    job_key TEXT NOT NULL,
+    uid TEXT NOT NULL,
+    first_run INTEGER NOT NULL,
+    PRIMARY KEY (job_key, uid)
+);
+",
+];
+
+/// Energy metered on a job's pods in one zone and slot, priced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MeteredSlot {
+    pub key: String,
+    pub uid: String,
+    pub zone: String,
+    /// Start of the slot.
+    pub slot_start: DateTime<Utc>,
+    /// IT energy, millijoules (exact: a sum of counter deltas).
+    pub energy_mj: u64,
+    /// At the slot's price in the zone, PUE applied (0 while not priced).
+    pub cost: f64,
+    /// At the slot's carbon intensity in the zone, PUE applied, kg (0 while not priced).
+    pub carbon_kg: f64,
+    /// Whether the zone's signals for the slot were known when it was priced.
+    pub priced: bool,
+}
 
 /// The store.
 #[derive(Debug)]
@@ -188,6 +230,122 @@ impl Store {
         tx.commit().map_err(write)
     }
 
+    /// Records metered slots (new, or grown), all or nothing.
+    pub fn write_metered(&mut self, slots: &[MeteredSlot]) -> Result<(), PlacementError> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let write = PlacementError::WriteStore;
+        let tx = self.conn.transaction().map_err(write)?;
+        for m in slots {
+            tx.execute(
+                "INSERT INTO placement_metered (job_key, uid, zone, slot_start_unix_s, energy_mj, \
+                 cost, carbon_kg, priced) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+                 ON CONFLICT (job_key, uid, zone, slot_start_unix_s) DO UPDATE SET \
+                 energy_mj = excluded.energy_mj, cost = excluded.cost, \
+                 carbon_kg = excluded.carbon_kg, priced = excluded.priced",
+                params![
+                    m.key,
+                    m.uid,
+                    m.zone,
+                    m.slot_start.timestamp(),
+                    // SQLite integers are signed; 2^63 mJ is 2.5 TWh, far beyond a job.
+                    i64::try_from(m.energy_mj).unwrap_or(i64::MAX),
+                    m.cost,
+                    m.carbon_kg,
+                    m.priced
+                ],
+            )
+            .map_err(write)?;
+        }
+        tx.commit().map_err(write)
+    }
+
+    /// Every metered slot, by job, uid, zone and slot.
+    pub fn metered(&self) -> Result<Vec<MeteredSlot>, PlacementError> {
+        let read = PlacementError::ReadStore;
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT job_key, uid, zone, slot_start_unix_s, energy_mj, cost, carbon_kg, \
+                 priced FROM placement_metered ORDER BY job_key, uid, zone, slot_start_unix_s",
+            )
+            .map_err(read)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, f64>(5)?,
+                    r.get::<_, f64>(6)?,
+                    r.get::<_, bool>(7)?,
+                ))
+            })
+            .map_err(read)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (key, uid, zone, start, mj, cost, carbon_kg, priced) = row.map_err(read)?;
+            let corrupt = |reason: &str| PlacementError::CorruptStore {
+                key: key.clone(),
+                reason: reason.to_owned(),
+            };
+            let slot_start = DateTime::<Utc>::from_timestamp(start, 0)
+                .ok_or_else(|| corrupt("metered slot time out of range"))?;
+            let energy_mj = u64::try_from(mj).map_err(|_| corrupt("negative metered energy"))?;
+            out.push(MeteredSlot {
+                key,
+                uid,
+                zone,
+                slot_start,
+                energy_mj,
+                cost,
+                carbon_kg,
+                priced,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records that job `key`/`uid` starts over from its run `first_run` (the runs before it
+    /// did work that was lost).
+    pub fn write_restart(
+        &mut self,
+        key: &str,
+        uid: &str,
+        first_run: usize,
+    ) -> Result<(), PlacementError> {
+        self.conn
+            .execute(
+                "INSERT INTO placement_restarts (job_key, uid, first_run) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (job_key, uid) DO UPDATE SET first_run = excluded.first_run",
+                params![key, uid, first_run as i64],
+            )
+            .map(|_| ())
+            .map_err(PlacementError::WriteStore)
+    }
+
+    /// Where each job restarted: (key, uid) -> first run that counts.
+    pub fn restarts(&self) -> Result<Vec<(String, String, usize)>, PlacementError> {
+        let read = PlacementError::ReadStore;
+        let mut stmt = self
+            .conn
+            .prepare("SELECT job_key, uid, first_run FROM placement_restarts")
+            .map_err(read)?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?.max(0) as usize,
+                ))
+            })
+            .map_err(read)?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(read)
+    }
+
     /// The last revision handed out for `key` (0: none).
     pub fn revision(&self, key: &str) -> Result<u64, PlacementError> {
         let rev: Option<i64> = self
@@ -205,12 +363,22 @@ impl Store {
     /// Forgets runs that ended before `before` (called at start-up, so that the store does
     /// not grow without end); returns how many. Revisions are kept: one row per job name.
     pub fn prune(&mut self, before: DateTime<Utc>) -> Result<usize, PlacementError> {
-        self.conn
+        let write = PlacementError::WriteStore;
+        let runs = self
+            .conn
             .execute(
                 "DELETE FROM placement_runs WHERE end_unix_s < ?1",
                 [before.timestamp()],
             )
-            .map_err(PlacementError::WriteStore)
+            .map_err(write)?;
+        // Metered energy of old slots: no month-to-date reaches back that far.
+        self.conn
+            .execute(
+                "DELETE FROM placement_metered WHERE slot_start_unix_s < ?1",
+                [before.timestamp()],
+            )
+            .map_err(write)?;
+        Ok(runs)
     }
 }
 
@@ -259,6 +427,47 @@ mod tests {
         assert_eq!(s.revision("ml/b")?, 0);
         assert_eq!(s.prune("2024-01-02T00:00:00Z".parse().expect("time"))?, 1);
         assert!(s.runs()?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn metered_slots_and_restarts_survive_reopening() -> Result<(), PlacementError> {
+        let dir = tempfile::tempdir().map_err(|e| PlacementError::CorruptStore {
+            key: String::new(),
+            reason: e.to_string(),
+        })?;
+        let path = dir.path().join("placement.sqlite");
+        let slot = |start: &str, mj: u64| MeteredSlot {
+            key: "ml/a".into(),
+            uid: "u1".into(),
+            zone: "A".into(),
+            slot_start: start.parse().expect("time"),
+            energy_mj: mj,
+            cost: mj as f64 * 1e-6,
+            carbon_kg: mj as f64 * 1e-7,
+            priced: true,
+        };
+        {
+            let mut s = Store::open(Some(&path))?;
+            s.write_metered(&[
+                slot("2024-01-01T00:00:00Z", 5),
+                slot("2024-01-03T00:00:00Z", 9),
+            ])?;
+            // A slot that grew is written again.
+            s.write_metered(&[slot("2024-01-01T00:00:00Z", 7)])?;
+            s.write_restart("ml/a", "u1", 2)?;
+        }
+        let mut s = Store::open(Some(&path))?;
+        assert_eq!(
+            s.metered()?,
+            vec![
+                slot("2024-01-01T00:00:00Z", 7),
+                slot("2024-01-03T00:00:00Z", 9)
+            ]
+        );
+        assert_eq!(s.restarts()?, vec![("ml/a".into(), "u1".into(), 2)]);
+        s.prune("2024-01-02T00:00:00Z".parse().expect("time"))?;
+        assert_eq!(s.metered()?, vec![slot("2024-01-03T00:00:00Z", 9)]);
         Ok(())
     }
 }

@@ -1,13 +1,14 @@
 //! A job's plan as the operator sees it, from the state after a plan: its phase and next (or
-//! current) run, the reason in words, the estimates of cost, carbon and saving, and whether
-//! degraded signals are behind it.
+//! current) run, the reason in words (a hold, power limits that could not be applied), the
+//! estimates of cost, carbon and saving, what was metered so far, and whether degraded signals
+//! are behind it.
 
 use chrono::{DateTime, Utc};
 
 use super::frame::Frame;
 use super::state::{Decision, Ending, LiveJob};
 use super::store::CommittedRun;
-use super::{Phase, PlanView, Settings};
+use super::{Phase, PlanView, Settings, metering, power};
 use crate::planner::progress;
 use crate::units::{KgCo2e, Money, Slot, Watts};
 
@@ -80,7 +81,7 @@ pub(super) fn view_of(
             && !progress::is_done(
                 spec.work,
                 settings.checkpoint_overhead,
-                job.runs.len(),
+                job.progress_runs().len(),
                 job.done(),
             );
         if let (true, Some(zone), Some(point)) =
@@ -97,7 +98,7 @@ pub(super) fn view_of(
         if !considered {
             return None;
         }
-        v.phase = if job.runs.is_empty() {
+        v.phase = if job.progress_runs().is_empty() {
             Phase::Planned
         } else {
             Phase::Suspend
@@ -123,6 +124,10 @@ pub(super) fn view_of(
                 v.reason = r;
             }
             Some(Decision::NotStarted(r)) => v.reason = r,
+            Some(Decision::Held(r)) => {
+                v.phase = Phase::Planned;
+                v.reason = r;
+            }
             Some(Decision::Started) | None => {
                 v.reason = "no placement before the deadline yet: waiting for capacity, or for \
                             prices within the cap"
@@ -140,12 +145,7 @@ pub(super) fn view_of(
         && matches!(v.phase, Phase::Planned | Phase::Suspend)
     {
         let pt = frame.profiles[p].points[n.point];
-        let left = progress::work_left(
-            spec.work,
-            settings.checkpoint_overhead,
-            job.runs.len(),
-            job.done(),
-        );
+        let left = work_left(settings, job);
         v.start = Some(frame.grid.instant(n.start));
         v.end = Some(
             frame
@@ -160,8 +160,58 @@ pub(super) fn view_of(
             .collect();
         v.power_limit = Some(pt.power_limit);
     }
+    if v.phase == Phase::Run && running.is_some() {
+        let watts = v.power_limit.map(|w| w.0.round() as u32);
+        v.reason.push_str(&power::note(watts, &job.power_failures));
+    }
     estimate(frame, settings, job, profile, next.as_ref(), &mut v);
+    v.metered = metering::totals(&job.metered);
     Some(v)
+}
+
+/// Work a job still owes if its next run is its last.
+fn work_left(settings: &Settings, job: &LiveJob) -> crate::units::Hours {
+    progress::work_left(
+        job.spec.work,
+        settings.checkpoint_overhead,
+        job.progress_runs().len(),
+        job.done(),
+    )
+}
+
+/// Cost, emissions and "past what is known" of a job's next run: its remaining work from
+/// `n.start` in one stretch at the run's power point (PUE applied).
+fn next_window(
+    frame: &Frame,
+    settings: &Settings,
+    job: &LiveJob,
+    profile: usize,
+    n: &NextRun,
+) -> (Money, KgCo2e, bool) {
+    let pt = frame.profiles[profile].points[n.point];
+    let b = n.start + frame.slots_for(work_left(settings, job), pt.throughput);
+    frame.window(n.zone, job.spec.gpus(), pt.draw, n.start, b)
+}
+
+/// The estimated cost of a job's next run starting at `start` in zone `zone` at power point
+/// `point` (all on the frame); `None` when the job has no profile in the frame.
+pub(super) fn next_cost(
+    frame: &Frame,
+    settings: &Settings,
+    job: &LiveJob,
+    start: Slot,
+    zone: usize,
+    point: usize,
+) -> Option<Money> {
+    let (_, profile) = frame.resolve(&job.spec).ok()?;
+    frame.profiles[profile].points.get(point)?;
+    let n = NextRun {
+        start,
+        zone,
+        point,
+        nodes: Vec::new(),
+    };
+    Some(next_window(frame, settings, job, profile, &n).0)
 }
 
 /// Why a queued job waits for its next run.
@@ -171,26 +221,36 @@ fn waiting_reason(frame: &Frame, job: &LiveJob, n: &NextRun) -> String {
         .grid
         .first_slot_at_or_after(job.spec.submit)
         .max(frame.now);
-    if job.runs.is_empty() {
+    if job.progress_runs().is_empty() {
         return if n.start <= earliest {
             format!("starts at {when}")
         } else {
             format!("waiting for a cheaper window: starts at {when}")
         };
     }
-    let over_cap = job.spec.price_cap.and_then(|cap| {
-        let last = job.runs.last().and_then(|r| frame.zone(&r.zone))?;
-        let price = frame.zones[last].price.get(frame.now as usize)?;
+    let last = job.runs.last().and_then(|r| frame.zone(&r.zone));
+    let over_price = job.spec.price_cap.zip(last).and_then(|(cap, z)| {
+        let price = frame.zones[z].price.get(frame.now as usize)?;
         (price.0 > cap.0).then(|| {
             format!(
                 "the price in {} ({:.2}/MWh) is above the job's cap ({:.2}); ",
-                frame.zones[last].name, price.0, cap.0
+                frame.zones[z].name, price.0, cap.0
+            )
+        })
+    });
+    let over_carbon = job.spec.carbon_cap.zip(last).and_then(|(cap, z)| {
+        let carbon = frame.zones[z].carbon.get(frame.now as usize)?;
+        (carbon.0 > cap.0).then(|| {
+            format!(
+                "the carbon intensity in {} ({:.2} gCO2e/kWh) is above the job's cap ({:.2}); ",
+                frame.zones[z].name, carbon.0, cap.0
             )
         })
     });
     format!(
-        "{}suspended until its next run at {when}",
-        over_cap.unwrap_or_default()
+        "{}{}suspended until its next run at {when}",
+        over_price.unwrap_or_default(),
+        over_carbon.unwrap_or_default()
     )
 }
 
@@ -238,15 +298,7 @@ fn estimate(
         }
     }
     if let (Some(n), Some(p)) = (next, profile) {
-        let pt = frame.profiles[p].points[n.point];
-        let left = progress::work_left(
-            spec.work,
-            settings.checkpoint_overhead,
-            job.runs.len(),
-            job.done(),
-        );
-        let b = n.start + frame.slots_for(left, pt.throughput);
-        let (c, k, past) = frame.window(n.zone, spec.gpus(), pt.draw, n.start, b);
+        let (c, k, past) = next_window(frame, settings, job, p, n);
         cost += c;
         carbon += k;
         if past {

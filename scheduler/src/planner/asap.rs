@@ -1,9 +1,9 @@
 //! The `asap` reference policy: full power, submit order, the first zone with room, as soon as
-//! capacity allows. It honours price caps (a capped job waits until its whole run is under the
-//! cap), so that its schedules are valid; otherwise it is blind to prices and carbon.
+//! capacity allows. It honours price and carbon caps (a capped job waits until its whole run is
+//! under its caps), so that its schedules are valid; otherwise it is blind to prices and carbon.
 
 use super::Policy;
-use super::context::{Context, slots_needed, within_cap};
+use super::context::{Context, is_capped, slots_needed};
 use super::nodes;
 use super::reasons;
 use super::snapshot::{Pending, Plan, Rejection, Snapshot, Start};
@@ -93,11 +93,11 @@ pub(crate) fn start_now(
     None
 }
 
-/// How long a run of a job needing `d` slots may go from now in `zone` within its cap: all of
-/// it when uncapped; for a capped preemptible job, until the first slot above the cap or the
-/// end of the published prices (it queues again for the rest); for a capped non-preemptible
-/// job, all of it if its prices (published, or estimated for a run longer than the lookahead)
-/// are within the cap.
+/// How long a run of a job needing `d` slots may go from now in `zone` within its caps: all of
+/// it when uncapped; for a capped preemptible job, until the first slot above a cap or the
+/// end of the published signals (it queues again for the rest); for a capped non-preemptible
+/// job, all of it if its signals (published, or estimated for a run longer than the
+/// lookahead) are within the caps.
 fn run_length(
     ctx: &Context,
     snap: &Snapshot<'_>,
@@ -105,10 +105,10 @@ fn run_length(
     zone: usize,
     d: usize,
 ) -> Option<usize> {
-    let Some(cap) = job.price_cap else {
+    if !is_capped(job) {
         return Some(d);
-    };
-    let within = |r: usize| within_cap(ctx.price[zone][r], cap.0);
+    }
+    let within = |r: usize| ctx.within_caps(job, zone, r);
     if job.preemptible {
         let limit = d.min(ctx.known);
         let end = (0..limit).find(|&r| !within(r)).unwrap_or(limit);

@@ -1,6 +1,7 @@
 //! What every policy derives from a snapshot before deciding: the signals from `now` to the end
-//! (known, then estimated), the objective per kWh in every zone and slot, the pools of nodes
-//! (zone × accelerator) and their fluid free capacity.
+//! (known, then estimated), the objective per kWh in every zone and slot (at the snapshot's
+//! carbon price, or at a job's own in [`Units`]), the pools of nodes (zone × accelerator) and
+//! their fluid free capacity, and whether a slot keeps a job's caps ([`Context::within_caps`]).
 
 use super::forecast;
 use super::snapshot::{Pending, Snapshot};
@@ -28,6 +29,12 @@ pub struct Context {
     pub slot_hours: f64,
     /// Price per zone per relative slot (known or estimated), currency/MWh.
     pub price: Vec<Vec<f64>>,
+    /// Carbon intensity per zone per relative slot (known or estimated), gCO2e/kWh.
+    pub carbon: Vec<Vec<f64>>,
+    /// PUE per zone.
+    pub pue: Vec<f64>,
+    /// The snapshot's carbon price, currency per tonne.
+    pub carbon_price: f64,
     /// Objective per IT kWh per zone per relative slot: PUE × (price + carbon price × intensity).
     pub unit: Vec<Vec<f64>>,
     /// Prefix sums of `unit` per zone (length horizon + 1).
@@ -53,33 +60,21 @@ impl Context {
         let known = known_until.saturating_sub(now) as usize;
         let slot_hours = snap.slot_hours.0;
         let slots_per_day = (24.0 / slot_hours).round() as usize;
-        let cp_per_kg = snap.carbon_price.0 / 1000.0;
         let from = now as usize;
         let to = snap.end as usize;
         let mut price = Vec::with_capacity(snap.zones.len());
-        let mut unit = Vec::with_capacity(snap.zones.len());
-        let mut unit_prefix = Vec::with_capacity(snap.zones.len());
+        let mut carbon = Vec::with_capacity(snap.zones.len());
         for z in &snap.zones {
             let p: Vec<f64> = z.price.iter().map(|v| v.0).collect();
             let c: Vec<f64> = z.carbon.iter().map(|v| v.0).collect();
-            let p = forecast::extend(&p, from, to, slots_per_day);
-            let c = forecast::extend(&c, from, to, slots_per_day);
-            let u: Vec<f64> = p
-                .iter()
-                .zip(&c)
-                .map(|(p, c)| z.pue * (p / 1000.0 + cp_per_kg * c / 1000.0))
-                .collect();
-            let mut pre = Vec::with_capacity(u.len() + 1);
-            let mut acc = 0.0;
-            pre.push(0.0);
-            for v in &u {
-                acc += v;
-                pre.push(acc);
-            }
-            price.push(p);
-            unit.push(u);
-            unit_prefix.push(pre);
+            price.push(forecast::extend(&p, from, to, slots_per_day));
+            carbon.push(forecast::extend(&c, from, to, slots_per_day));
         }
+        let pue: Vec<f64> = snap.zones.iter().map(|z| z.pue).collect();
+        let Units {
+            unit,
+            prefix: unit_prefix,
+        } = Units::new(&price, &carbon, &pue, snap.carbon_price.0);
         let mut pools: Vec<Pool> = Vec::new();
         for (i, n) in snap.nodes.iter().enumerate() {
             let pi = match pools
@@ -120,6 +115,9 @@ impl Context {
             known,
             slot_hours,
             price,
+            carbon,
+            pue,
+            carbon_price: snap.carbon_price.0,
             unit,
             unit_prefix,
             max_free: vec![vec![0; horizon]; pools.len()],
@@ -232,8 +230,119 @@ impl Context {
 
     /// Objective of `gpus` GPUs drawing `watts` each over relative slots `a..b` in `zone`.
     pub fn objective(&self, zone: usize, gpus: u32, watts: f64, a: usize, b: usize) -> f64 {
-        let pre = &self.unit_prefix[zone];
-        f64::from(gpus) * watts / 1000.0 * self.slot_hours * (pre[b] - pre[a])
+        self.units()
+            .objective(zone, gpus, watts, a, b, self.slot_hours)
+    }
+
+    /// The objective per kWh at the snapshot's carbon price.
+    pub fn units(&self) -> UnitsRef<'_> {
+        UnitsRef {
+            unit: &self.unit,
+            prefix: &self.unit_prefix,
+        }
+    }
+
+    /// The objective per kWh at a job's own carbon price, when it has one that differs from
+    /// the snapshot's (`None`: use [`Context::units`]).
+    pub fn job_units(&self, job: &Pending) -> Option<Units> {
+        let cp = job.carbon_price?.0;
+        (cp != self.carbon_price).then(|| Units::new(&self.price, &self.carbon, &self.pue, cp))
+    }
+
+    /// Objective per IT kWh of a job in `zone` at relative slot `r`, at its own carbon price.
+    pub fn unit_for(&self, job: &Pending, zone: usize, r: usize) -> f64 {
+        match job.carbon_price {
+            Some(cp) if cp.0 != self.carbon_price => unit_of(
+                self.pue[zone],
+                self.price[zone][r],
+                self.carbon[zone][r],
+                cp.0 / 1000.0,
+            ),
+            _ => self.unit[zone][r],
+        }
+    }
+
+    /// Whether relative slot `r` of `zone` keeps the job's price cap and carbon cap.
+    pub fn within_caps(&self, job: &Pending, zone: usize, r: usize) -> bool {
+        job.price_cap
+            .is_none_or(|c| within_cap(self.price[zone][r], c.0))
+            && job
+                .carbon_cap
+                .is_none_or(|c| within_cap(self.carbon[zone][r], c.0))
+    }
+}
+
+/// Whether a job has a price or a carbon cap.
+pub fn is_capped(job: &Pending) -> bool {
+    job.price_cap.is_some() || job.carbon_cap.is_some()
+}
+
+/// Objective per IT kWh: PUE × (price + carbon price × intensity), with the carbon price per kg.
+fn unit_of(pue: f64, price: f64, carbon: f64, cp_per_kg: f64) -> f64 {
+    pue * (price / 1000.0 + cp_per_kg * carbon / 1000.0)
+}
+
+/// The objective per IT kWh per zone per relative slot at one carbon price, with prefix sums.
+#[derive(Debug, Clone)]
+pub struct Units {
+    pub unit: Vec<Vec<f64>>,
+    /// Prefix sums of `unit` per zone (length horizon + 1).
+    pub prefix: Vec<Vec<f64>>,
+}
+
+impl Units {
+    /// From prices and intensities per zone and slot, at `carbon_price` per tonne.
+    pub fn new(price: &[Vec<f64>], carbon: &[Vec<f64>], pue: &[f64], carbon_price: f64) -> Self {
+        let cp_per_kg = carbon_price / 1000.0;
+        let mut unit = Vec::with_capacity(price.len());
+        let mut prefix = Vec::with_capacity(price.len());
+        for ((p, c), &pue) in price.iter().zip(carbon).zip(pue) {
+            let u: Vec<f64> = p
+                .iter()
+                .zip(c)
+                .map(|(p, c)| unit_of(pue, *p, *c, cp_per_kg))
+                .collect();
+            let mut pre = Vec::with_capacity(u.len() + 1);
+            let mut acc = 0.0;
+            pre.push(0.0);
+            for v in &u {
+                acc += v;
+                pre.push(acc);
+            }
+            unit.push(u);
+            prefix.push(pre);
+        }
+        Self { unit, prefix }
+    }
+
+    pub fn view(&self) -> UnitsRef<'_> {
+        UnitsRef {
+            unit: &self.unit,
+            prefix: &self.prefix,
+        }
+    }
+}
+
+/// A borrowed [`Units`].
+#[derive(Debug, Clone, Copy)]
+pub struct UnitsRef<'a> {
+    pub unit: &'a [Vec<f64>],
+    pub prefix: &'a [Vec<f64>],
+}
+
+impl UnitsRef<'_> {
+    /// Objective of `gpus` GPUs drawing `watts` each over relative slots `a..b` in `zone`.
+    pub fn objective(
+        &self,
+        zone: usize,
+        gpus: u32,
+        watts: f64,
+        a: usize,
+        b: usize,
+        slot_hours: f64,
+    ) -> f64 {
+        let pre = &self.prefix[zone];
+        f64::from(gpus) * watts / 1000.0 * slot_hours * (pre[b] - pre[a])
     }
 }
 
@@ -242,13 +351,14 @@ impl Context {
 /// enough work".
 pub const WORK_TOLERANCE_H: f64 = 5e-5;
 
-/// Slack when comparing a price with a cap: far below the prices' 0.001 resolution and
-/// stricter than the checker's 1e-6, so a price the planner accepts the checker accepts too.
+/// Slack when comparing a price (or an intensity) with a cap: far below the signals' 0.001
+/// resolution and stricter than the checker's 1e-6, so a price the planner accepts the checker
+/// accepts too.
 const CAP_EPS: f64 = 1e-9;
 
-/// Whether `price` is within `cap`.
-pub fn within_cap(price: f64, cap: f64) -> bool {
-    price <= cap + CAP_EPS
+/// Whether `value` (a price, or a carbon intensity) is within `cap`.
+pub fn within_cap(value: f64, cap: f64) -> bool {
+    value <= cap + CAP_EPS
 }
 
 /// Slots of `slot_hours` needed to do `work` hours of work at `throughput`.

@@ -8,13 +8,15 @@
 //!   power limit that makes the whole set cheapest, each run after the first paying the
 //!   checkpoint overhead. Only the first run is ever started; the rest is re-planned.
 //! - A job that cannot finish in time is placed to finish as early as it can (late), unless
-//!   its price cap is what stops it, in which case it is rejected with the lowest feasible cap.
+//!   its price or carbon cap is what stops it, in which case it is rejected with the lowest
+//!   feasible cap. A run only uses slots within both caps.
+//! - A job with its own carbon price is weighed at it ([`Context::job_units`]).
 //!
 //! Capacity while planning is fluid (free GPUs per pool and slot); nodes are picked for real
 //! when a run starts.
 
 use super::Policy;
-use super::context::{Context, WORK_TOLERANCE_H, slots_needed, within_cap};
+use super::context::{Context, UnitsRef, WORK_TOLERANCE_H, is_capped, slots_needed};
 use super::reasons;
 use super::snapshot::{Intent, Pending, Plan, Rejection, Snapshot, Start};
 use crate::units::Money;
@@ -107,11 +109,13 @@ impl Offpeak {
         } else {
             0
         };
+        let own = ctx.job_units(job);
+        let units = own.as_ref().map_or_else(|| ctx.units(), |u| u.view());
         let place = |dl: usize| {
             if job.preemptible {
-                place_slots(ctx, snap, job, &pools, dl)
+                place_slots(ctx, snap, units, job, &pools, dl)
             } else {
-                place_window(ctx, snap, job, &pools, dl)
+                place_window(ctx, snap, units, job, &pools, dl)
             }
         };
         let on_time = place(dl.saturating_sub(margin)).or_else(|| place(dl));
@@ -131,9 +135,9 @@ impl Offpeak {
         }
         let placement = on_time.or_else(|| {
             if job.preemptible {
-                late_slots(ctx, snap, job, &pools)
+                late_slots(ctx, snap, units, job, &pools)
             } else {
-                late_window(ctx, snap, job, &pools)
+                late_window(ctx, snap, units, job, &pools)
             }
         });
         let Some(p) = placement else {
@@ -215,16 +219,16 @@ fn urgency_order(ctx: &Context, snap: &Snapshot<'_>) -> Vec<usize> {
     keyed.into_iter().map(|(_, _, i)| i).collect()
 }
 
-/// Per relative slot: is the pool unusable for this job (too few GPUs, or price above cap)?
-/// Returned as prefix counts so any window is checked in O(1).
+/// Per relative slot: is the pool unusable for this job (too few GPUs, or price or carbon
+/// intensity above its cap)? Returned as prefix counts so any window is checked in O(1).
 fn blocked_prefix(ctx: &Context, job: &Pending, pool: usize, to: usize) -> Vec<u32> {
     let zone = ctx.pools[pool].zone;
-    let cap = job.price_cap.map(|c| c.0);
+    let capped = is_capped(job);
     let mut pre = Vec::with_capacity(to + 1);
     let mut acc = 0u32;
     pre.push(0);
     for r in 0..to {
-        let over_cap = cap.is_some_and(|c| !within_cap(ctx.price[zone][r], c));
+        let over_cap = capped && !ctx.within_caps(job, zone, r);
         acc += u32::from(!ctx.fits(pool, job.gpus, r) || over_cap);
         pre.push(acc);
     }
@@ -235,26 +239,29 @@ fn blocked_prefix(ctx: &Context, job: &Pending, pool: usize, to: usize) -> Vec<u
 fn place_window(
     ctx: &Context,
     snap: &Snapshot<'_>,
+    units: UnitsRef<'_>,
     job: &Pending,
     pools: &[usize],
     dl: usize,
 ) -> Option<Placement> {
-    window_search(ctx, snap, job, pools, dl, false)
+    window_search(ctx, snap, units, job, pools, dl, false)
 }
 
 /// The window of a non-preemptible job that ends first (for a job that will be late).
 fn late_window(
     ctx: &Context,
     snap: &Snapshot<'_>,
+    units: UnitsRef<'_>,
     job: &Pending,
     pools: &[usize],
 ) -> Option<Placement> {
-    window_search(ctx, snap, job, pools, ctx.horizon, true)
+    window_search(ctx, snap, units, job, pools, ctx.horizon, true)
 }
 
 fn window_search(
     ctx: &Context,
     snap: &Snapshot<'_>,
+    units: UnitsRef<'_>,
     job: &Pending,
     pools: &[usize],
     to: usize,
@@ -270,8 +277,8 @@ fn window_search(
         let blocked = blocked_prefix(ctx, job, pi, to);
         for (i, pt) in profile.points.iter().enumerate() {
             let d = slots_needed(job.work_left.0, pt.throughput, ctx.slot_hours);
-            // a capped run that starts now must lie in published prices, when it can
-            let verify_now = job.price_cap.is_some() && d <= lookahead && d > ctx.known;
+            // a capped run that starts now must lie in published signals, when it can
+            let verify_now = is_capped(job) && d <= lookahead && d > ctx.known;
             let mut a = first;
             while a + d <= to {
                 let b = a + d;
@@ -279,7 +286,7 @@ fn window_search(
                     a += 1;
                     continue;
                 }
-                let cost = ctx.objective(zone, job.gpus, pt.draw.0, a, b);
+                let cost = units.objective(zone, job.gpus, pt.draw.0, a, b, ctx.slot_hours);
                 let key = (
                     if earliest_end { b } else { 0 },
                     cost + DELAY_TIE_BREAK * a as f64,
@@ -318,10 +325,16 @@ fn window_search(
 const NOW_MARGIN_SLOTS: usize = 2;
 
 /// Per pool and relative slot up to `to`: objective per kWh where the job could run, +inf where
-/// it cannot (before it may start, too few GPUs free, price above its cap).
-fn usable_units(ctx: &Context, job: &Pending, pools: &[usize], to: usize) -> Vec<Vec<f64>> {
+/// it cannot (before it may start, too few GPUs free, price or intensity above its cap).
+fn usable_units(
+    ctx: &Context,
+    units: UnitsRef<'_>,
+    job: &Pending,
+    pools: &[usize],
+    to: usize,
+) -> Vec<Vec<f64>> {
     let first = ctx.first(job);
-    let cap = job.price_cap.map(|c| c.0);
+    let capped = is_capped(job);
     pools
         .iter()
         .map(|&p| {
@@ -330,9 +343,9 @@ fn usable_units(ctx: &Context, job: &Pending, pools: &[usize], to: usize) -> Vec
                 .map(|r| {
                     let usable = r >= first
                         && ctx.fits(p, job.gpus, r)
-                        && cap.is_none_or(|c| within_cap(ctx.price[zone][r], c));
+                        && (!capped || ctx.within_caps(job, zone, r));
                     if usable {
-                        ctx.unit[zone][r]
+                        units.unit[zone][r]
                     } else {
                         f64::INFINITY
                     }
@@ -367,6 +380,7 @@ fn efficient_points(profile: &crate::scenario::Profile) -> Vec<usize> {
 fn place_slots(
     ctx: &Context,
     snap: &Snapshot<'_>,
+    units: UnitsRef<'_>,
     job: &Pending,
     pools: &[usize],
     dl: usize,
@@ -379,7 +393,7 @@ fn place_slots(
         |i: usize| f64::from(job.gpus) * profile.points[i].draw.0 / 1000.0 * ctx.slot_hours;
     let work_per_slot = |i: usize| profile.points[i].throughput * ctx.slot_hours;
     if dl > first {
-        let unit = usable_units(ctx, job, pools, dl);
+        let unit = usable_units(ctx, units, job, pools, dl);
         let mut cands: Vec<(f64, usize, usize)> = (first..dl)
             .filter_map(|r| {
                 (0..pools.len())
@@ -441,6 +455,7 @@ fn place_slots(
 fn late_slots(
     ctx: &Context,
     snap: &Snapshot<'_>,
+    units: UnitsRef<'_>,
     job: &Pending,
     pools: &[usize],
 ) -> Option<Placement> {
@@ -450,7 +465,7 @@ fn late_slots(
         .iter()
         .enumerate()
         .max_by(|x, y| x.1.throughput.total_cmp(&y.1.throughput))?;
-    let unit = usable_units(ctx, job, pools, ctx.horizon);
+    let unit = usable_units(ctx, units, job, pools, ctx.horizon);
     let input = Segments {
         unit: &unit,
         pools,
@@ -694,4 +709,106 @@ fn earliest_runs(s: &Segments<'_>, work: f64) -> Option<Placement> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::planner::snapshot::ZoneView;
+    use crate::scenario::{Node, Profile, ProfilePoint};
+    use crate::units::{GramsPerKwh, Hours, MoneyPerTonne, PricePerMwh, Watts};
+
+    const SLOTS: usize = 96;
+
+    /// Zone 0 cheap and dirty (40/MWh, 600 g), zone 1 dearer and clean (60/MWh, 50 g): one
+    /// 8-GPU node each; one full-power profile.
+    struct Fixture {
+        price: [Vec<PricePerMwh>; 2],
+        carbon: [Vec<GramsPerKwh>; 2],
+        nodes: Vec<Node>,
+        profiles: Vec<Profile>,
+    }
+
+    fn fixture() -> Fixture {
+        let node = |zone: usize| Node {
+            name: format!("n{zone}"),
+            zone,
+            accelerator: 0,
+            gpus: 8,
+        };
+        Fixture {
+            price: [
+                vec![PricePerMwh(40.0); SLOTS],
+                vec![PricePerMwh(60.0); SLOTS],
+            ],
+            carbon: [
+                vec![GramsPerKwh(600.0); SLOTS],
+                vec![GramsPerKwh(50.0); SLOTS],
+            ],
+            nodes: vec![node(0), node(1)],
+            profiles: vec![Profile {
+                name: "v100/x".into(),
+                points: vec![ProfilePoint {
+                    power_limit: Watts(250.0),
+                    throughput: 1.0,
+                    draw: Watts(200.0),
+                }],
+            }],
+        }
+    }
+
+    fn job(carbon_price: Option<f64>) -> Pending {
+        Pending {
+            gpus: 8,
+            accelerator: 0,
+            profile: 0,
+            earliest: 0,
+            deadline: 16,
+            preemptible: false,
+            price_cap: None,
+            carbon_cap: None,
+            carbon_price: carbon_price.map(MoneyPerTonne),
+            work_left: Hours(1.0),
+            runs_done: 0,
+        }
+    }
+
+    fn zone_of(f: &Fixture, queue: &[Pending], carbon_price: f64) -> usize {
+        let zones = (0..2)
+            .map(|z| ZoneView {
+                name: if z == 0 { "dirty" } else { "clean" },
+                pue: 1.0,
+                price: &f.price[z],
+                carbon: &f.carbon[z],
+            })
+            .collect();
+        let snap = Snapshot {
+            now: 0,
+            end: SLOTS as u32,
+            slot_hours: Hours(0.25),
+            checkpoint_overhead: Hours(0.0),
+            carbon_price: MoneyPerTonne(carbon_price),
+            currency: "USD",
+            lookahead: SLOTS as u32,
+            zones,
+            profiles: &f.profiles,
+            nodes: &f.nodes,
+            active: &[],
+            queue,
+        };
+        let plan = Offpeak.plan(&snap);
+        assert_eq!(plan.starts.len(), 1, "{plan:?}");
+        plan.starts[0].zone
+    }
+
+    #[test]
+    fn a_jobs_own_carbon_price_weighs_its_emissions() {
+        let f = fixture();
+        // Without a carbon price the cheap zone wins; at 100/t its 600 g cost 0.06/kWh more.
+        assert_eq!(zone_of(&f, &[job(None)], 0.0), 0);
+        assert_eq!(zone_of(&f, &[job(Some(100.0))], 0.0), 1);
+        // The snapshot's price applies to a job without its own; a job's own zero wins over it.
+        assert_eq!(zone_of(&f, &[job(None)], 100.0), 1);
+        assert_eq!(zone_of(&f, &[job(Some(0.0))], 100.0), 0);
+    }
 }

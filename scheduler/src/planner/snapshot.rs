@@ -66,6 +66,11 @@ pub struct Pending {
     pub deadline: Slot,
     pub preemptible: bool,
     pub price_cap: Option<PricePerMwh>,
+    /// Highest carbon intensity any slot of its runs may have (gCO2e/kWh).
+    pub carbon_cap: Option<GramsPerKwh>,
+    /// Its own carbon price, where it has one (the live cycle passes the one its EnergyPolicy
+    /// sets): its objective weighs emissions at this price instead of the snapshot's.
+    pub carbon_price: Option<MoneyPerTonne>,
     /// Work still owed if its next run is its last (overhead of that run included).
     pub work_left: Hours,
     /// Runs it has had so far.

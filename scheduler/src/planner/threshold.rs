@@ -76,12 +76,17 @@ impl Policy for Threshold {
             ) as i64;
             let waited = i64::from(snap.now) - i64::from(job.earliest);
             let must = waited >= max_delay || ctx.deadline(job) as i64 - d <= 0;
-            // cheapest zone first, by the objective per kWh now
+            // cheapest zone first, by the job's objective per kWh now
             let mut pools: Vec<usize> = ctx.pools_for(job.accelerator).collect();
+            let unit_now = |z: usize| {
+                if ctx.horizon == 0 {
+                    f64::INFINITY
+                } else {
+                    ctx.unit_for(job, z, 0)
+                }
+            };
             pools.sort_by(|&a, &b| {
-                let (za, zb) = (ctx.pools[a].zone, ctx.pools[b].zone);
-                let ua = ctx.unit[za].first().copied().unwrap_or(f64::INFINITY);
-                let ub = ctx.unit[zb].first().copied().unwrap_or(f64::INFINITY);
+                let (ua, ub) = (unit_now(ctx.pools[a].zone), unit_now(ctx.pools[b].zone));
                 ua.total_cmp(&ub).then(a.cmp(&b))
             });
             let zone_of: Vec<usize> = ctx.pools.iter().map(|p| p.zone).collect();

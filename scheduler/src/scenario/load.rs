@@ -741,6 +741,7 @@ fn load_jobs(
             deadline,
             preemptible,
             price_cap,
+            carbon_cap: None,
             namespace,
         });
     }

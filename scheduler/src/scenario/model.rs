@@ -85,6 +85,9 @@ pub struct Job {
     pub deadline: DateTime<Utc>,
     pub preemptible: bool,
     pub price_cap: Option<PricePerMwh>,
+    /// The scenario format has no carbon cap (always `None` from files); the planner keeps one
+    /// when set.
+    pub carbon_cap: Option<GramsPerKwh>,
     pub namespace: String,
 }
 

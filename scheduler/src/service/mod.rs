@@ -12,7 +12,8 @@
 //! - [`curves`]: the agents' power curves, as the planner's profiles ([`CurveStore`]);
 //! - [`store`]: the registry's SQLite persistence (`offpeak serve --state FILE`);
 //! - the placement API ([`crate::placement`]) on the same gRPC listener, when configured, with
-//!   its planning cycle running beside the servers;
+//!   its planning cycle running beside the servers (it meters jobs from the registry's
+//!   per-pod energy and sends running jobs' power limits through the [`CommandCenter`]);
 //! - here: [`ServiceConfig`], [`bind`] / [`Bound::serve`] and [`run`], which bind both
 //!   listeners, report the bound addresses and shut both down gracefully.
 
@@ -245,8 +246,12 @@ pub async fn bind(config: ServiceConfig) -> Result<Bound, ServiceError> {
             p.profiles =
                 crate::placement::cluster::measured_first(config.curves.clone(), p.profiles);
             Some(
-                crate::placement::Placement::open(p, config.registry.clone())
-                    .map_err(ServiceError::Placement)?,
+                crate::placement::Placement::open_with_commands(
+                    p,
+                    config.registry.clone(),
+                    config.commands.clone(),
+                )
+                .map_err(ServiceError::Placement)?,
             )
         }
         None => None,

@@ -2,11 +2,17 @@
 //! their power-limit ranges), how far each agent's batch sequence has got, and each device's
 //! energy meter.
 //!
+//! Per pod: the energy metered while the pod used a device, in total and per metering slot
+//! (the slot of the sample that closes each counter delta, by the sample's own time), so that
+//! the planning cycle can price a job's energy at the signals of the slot it was used in; and
+//! which pod each device serves now (the pod the device's latest sample names), so that a
+//! job's power limit reaches the devices its pods use.
+//!
 //! In memory, optionally backed by a [`StateStore`] (a SQLite file): agents changed since the
 //! last save are written by [`NodeRegistry::persist`], which the gRPC layer calls before it
 //! confirms a sample stream, so what an agent was told is metered is on disk.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -14,7 +20,10 @@ use offpeak_proto::v1::{RegisterRequest, SampleBatch};
 
 use super::ServiceError;
 use super::metering::{DeviceMeter, Rejection};
-use super::store::{AgentRecord, DeviceRecord, PodEnergy, StateStore, StoreError};
+use super::store::{AgentRecord, DeviceRecord, PodEnergy, PodSlotRecord, StateStore, StoreError};
+
+/// A pod: (namespace, name).
+pub type PodKey = (String, String);
 
 /// The power-limit range of a device, in whole watts (all zero: not settable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +46,9 @@ struct DeviceEntry {
     model: String,
     range: LimitRange,
     meter: DeviceMeter,
+    /// The pod the device's latest accepted sample names (not persisted: the next sample
+    /// says it again).
+    pod: Option<PodKey>,
 }
 
 /// A registered agent: one per node.
@@ -49,16 +61,38 @@ struct AgentEntry {
     last_sequence: u64,
     /// Energy metered while a pod used the device, by (namespace, pod): each counter delta
     /// goes to the pod the sample that closes it names.
-    pods: BTreeMap<(String, String), u64>,
+    pods: BTreeMap<PodKey, u64>,
+    /// The same per metering slot (start, Unix seconds): pod -> slot -> millijoules.
+    slots: BTreeMap<PodKey, BTreeMap<i64, u64>>,
+    /// Slots changed since they were last saved.
+    slots_dirty: BTreeSet<(PodKey, i64)>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct State {
     agents: HashMap<String, AgentEntry>,
     agent_by_node: HashMap<String, String>,
     next_agent: u64,
     /// Agents changed since they were last saved.
     dirty: HashSet<String>,
+    /// Length of a metering slot, seconds; `None`: pod energy is not kept per slot (nothing
+    /// reads it, and nothing would prune it).
+    meter_slot: Option<i64>,
+    /// Slots starting before this (Unix seconds) are forgotten, on disk too.
+    slots_pruned_before: i64,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            agents: HashMap::new(),
+            agent_by_node: HashMap::new(),
+            next_agent: 0,
+            dirty: HashSet::new(),
+            meter_slot: None,
+            slots_pruned_before: i64::MIN,
+        }
+    }
 }
 
 /// What the registry did with one batch.
@@ -96,6 +130,27 @@ pub struct RegisteredDevice {
 
 /// A registered node: (agent id, node, zone, device models).
 pub type NodeSummary = (String, String, String, Vec<String>);
+
+/// Energy one pod used on one node in one metering slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSlotEnergy {
+    pub namespace: String,
+    pub pod: String,
+    pub node: String,
+    /// The zone the node's agent registered.
+    pub zone: String,
+    /// Start of the metering slot, Unix seconds.
+    pub slot_start: i64,
+    pub energy_mj: u64,
+}
+
+/// A device and the pod it serves now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodDevice {
+    pub node: String,
+    pub uuid: String,
+    pub pod: PodKey,
+}
 
 /// The registry, shared by the gRPC handlers and the planning cycle.
 #[derive(Debug, Clone, Default)]
@@ -138,6 +193,7 @@ impl NodeRegistry {
                             default_watts: d.default_limit_watts,
                         },
                         meter: DeviceMeter::from_state(d.meter),
+                        pod: None,
                     };
                     (d.uuid, entry)
                 })
@@ -147,6 +203,13 @@ impl NodeRegistry {
                 .into_iter()
                 .map(|p| ((p.namespace, p.pod), p.metered_mj))
                 .collect();
+            let mut slots: BTreeMap<PodKey, BTreeMap<i64, u64>> = BTreeMap::new();
+            for s in a.pod_slots {
+                slots
+                    .entry((s.namespace, s.pod))
+                    .or_default()
+                    .insert(s.slot_start, s.metered_mj);
+            }
             state
                 .agent_by_node
                 .insert(a.node.clone(), a.agent_id.clone());
@@ -158,6 +221,8 @@ impl NodeRegistry {
                     devices,
                     last_sequence: a.last_sequence,
                     pods,
+                    slots,
+                    slots_dirty: BTreeSet::new(),
                 },
             );
         }
@@ -187,18 +252,119 @@ impl NodeRegistry {
             return Ok(0);
         };
         let mut taken = HashSet::new();
+        let mut written: Vec<AgentRecord> = Vec::new();
         let result = store.save_with(|| {
             let mut state = self.lock();
             taken = std::mem::take(&mut state.dirty);
-            taken
+            let pruned_before = state.slots_pruned_before;
+            written = taken
                 .iter()
-                .filter_map(|id| state.agents.get(id).map(|a| record(id, a)))
-                .collect()
+                .filter_map(|id| state.agents.get(id).map(|a| record(id, a, pruned_before)))
+                .collect();
+            written.clone()
         });
+        let mut state = self.lock();
         if result.is_err() {
-            self.lock().dirty.extend(taken);
+            state.dirty.extend(taken);
+            return result;
+        }
+        // A slot that changed again while it was being written stays marked.
+        for r in written {
+            if let Some(a) = state.agents.get_mut(&r.agent_id) {
+                for s in r.pod_slots {
+                    let key = (s.namespace, s.pod);
+                    let now = a.slots.get(&key).and_then(|m| m.get(&s.slot_start));
+                    if now == Some(&s.metered_mj) {
+                        a.slots_dirty.remove(&(key, s.slot_start));
+                    }
+                }
+            }
         }
         result
+    }
+
+    /// Keeps pod energy per metering slot of `seconds` from now on (the planning cycle's slot;
+    /// the cycle also prunes old slots). Slots already metered keep their length.
+    pub fn set_meter_slot(&self, seconds: u32) {
+        self.lock().meter_slot = Some(i64::from(seconds.max(1)));
+    }
+
+    /// Forgets per-slot pod energy of slots starting before `before` (Unix seconds), in memory
+    /// at once and on disk at the next save. Returns how many slots were dropped.
+    pub fn prune_pod_slots(&self, before: i64) -> usize {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if before <= state.slots_pruned_before {
+            return 0;
+        }
+        state.slots_pruned_before = before;
+        let mut dropped = 0;
+        for (id, a) in &mut state.agents {
+            let mut touched = false;
+            for m in a.slots.values_mut() {
+                let keep = m.split_off(&before);
+                dropped += m.len();
+                touched |= !m.is_empty();
+                *m = keep;
+            }
+            a.slots.retain(|_, m| !m.is_empty());
+            a.slots_dirty.retain(|(_, s)| *s >= before);
+            if touched {
+                state.dirty.insert(id.clone());
+            }
+        }
+        dropped
+    }
+
+    /// Energy the pods in `pods` used, per node and metering slot (pods not seen are left out).
+    pub fn pod_slot_energy(&self, pods: &BTreeSet<PodKey>) -> Vec<PodSlotEnergy> {
+        let state = self.lock();
+        let mut out = Vec::new();
+        for a in state.agents.values() {
+            for pod in pods {
+                let Some(slots) = a.slots.get(pod) else {
+                    continue;
+                };
+                out.extend(slots.iter().map(|(&slot_start, &energy_mj)| PodSlotEnergy {
+                    namespace: pod.0.clone(),
+                    pod: pod.1.clone(),
+                    node: a.node.clone(),
+                    zone: a.zone.clone(),
+                    slot_start,
+                    energy_mj,
+                }));
+            }
+        }
+        out.sort_by(|x, y| {
+            (&x.node, &x.namespace, &x.pod, x.slot_start).cmp(&(
+                &y.node,
+                &y.namespace,
+                &y.pod,
+                y.slot_start,
+            ))
+        });
+        out
+    }
+
+    /// The devices serving one of `pods` now (by their latest sample), by node then UUID.
+    pub fn devices_of_pods(&self, pods: &BTreeSet<PodKey>) -> Vec<PodDevice> {
+        let state = self.lock();
+        let mut out: Vec<PodDevice> = state
+            .agents
+            .values()
+            .flat_map(|a| {
+                a.devices.iter().filter_map(|(uuid, d)| {
+                    let pod = d.pod.as_ref().filter(|p| pods.contains(*p))?;
+                    Some(PodDevice {
+                        node: a.node.clone(),
+                        uuid: uuid.clone(),
+                        pod: pod.clone(),
+                    })
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.node, &a.uuid).cmp(&(&b.node, &b.uuid)));
+        out
     }
 
     /// Registers a node's agent, or re-registers it: the same node gets the same agent id back,
@@ -254,15 +420,15 @@ impl NodeRegistry {
                 devices: BTreeMap::new(),
                 last_sequence: 0,
                 pods: BTreeMap::new(),
+                slots: BTreeMap::new(),
+                slots_dirty: BTreeSet::new(),
             });
         entry.zone = request.zone.clone();
         let mut devices = BTreeMap::new();
         for d in &request.devices {
-            let meter = entry
-                .devices
-                .get(&d.uuid)
-                .map(|e| e.meter.clone())
-                .unwrap_or_default();
+            let old = entry.devices.get(&d.uuid);
+            let meter = old.map(|e| e.meter.clone()).unwrap_or_default();
+            let pod = old.and_then(|e| e.pod.clone());
             devices.insert(
                 d.uuid.clone(),
                 DeviceEntry {
@@ -273,6 +439,7 @@ impl NodeRegistry {
                         default_watts: d.default_power_limit_watts,
                     },
                     meter,
+                    pod,
                 },
             );
         }
@@ -304,21 +471,45 @@ impl NodeRegistry {
             return Ok(outcome);
         }
         agent.last_sequence = batch.sequence;
+        let meter_slot = state.meter_slot;
+        let pruned_before = state.slots_pruned_before;
         for sample in &batch.samples {
+            let pod = sample
+                .pod
+                .as_ref()
+                .filter(|p| !p.pod.is_empty())
+                .map(|p| (p.namespace.clone(), p.pod.clone()));
             let metered = match agent.devices.get_mut(&sample.device_uuid) {
                 None => Err(Rejection::UnknownDevice(sample.device_uuid.clone())),
-                Some(device) => device.meter.meter(sample),
+                Some(device) => device.meter.meter(sample).inspect(|_| {
+                    device.pod.clone_from(&pod);
+                }),
             };
             match metered {
                 Ok(delta) => {
                     outcome.accepted += 1;
                     outcome.energy_mj += delta;
-                    if let Some(pod) = sample.pod.as_ref().filter(|p| !p.pod.is_empty()) {
-                        let e = agent
-                            .pods
-                            .entry((pod.namespace.clone(), pod.pod.clone()))
-                            .or_default();
+                    if let Some(pod) = pod {
+                        let e = agent.pods.entry(pod.clone()).or_default();
                         *e = e.saturating_add(delta);
+                        // A sample without a time (0) has no slot to be priced in; its energy
+                        // still counts in the pod's total.
+                        let slot = meter_slot
+                            .map(|w| sample.time_unix_ms.div_euclid(1000).div_euclid(w) * w);
+                        if let Some(slot) = slot
+                            && delta > 0
+                            && sample.time_unix_ms > 0
+                            && slot >= pruned_before
+                        {
+                            let e = agent
+                                .slots
+                                .entry(pod.clone())
+                                .or_default()
+                                .entry(slot)
+                                .or_default();
+                            *e = e.saturating_add(delta);
+                            agent.slots_dirty.insert((pod, slot));
+                        }
                     }
                 }
                 Err(r) => outcome.rejected.push((sample.device_uuid.clone(), r)),
@@ -441,7 +632,8 @@ pub enum UnknownDevice {
     Device(String),
 }
 
-fn record(agent_id: &str, a: &AgentEntry) -> AgentRecord {
+/// An agent as it is saved: its slots changed since the last save, and the prune mark.
+fn record(agent_id: &str, a: &AgentEntry, slots_pruned_before: i64) -> AgentRecord {
     AgentRecord {
         agent_id: agent_id.to_owned(),
         node: a.node.clone(),
@@ -468,6 +660,20 @@ fn record(agent_id: &str, a: &AgentEntry) -> AgentRecord {
                 metered_mj: *mj,
             })
             .collect(),
+        pod_slots: a
+            .slots_dirty
+            .iter()
+            .filter_map(|(key, slot)| {
+                let mj = *a.slots.get(key)?.get(slot)?;
+                Some(PodSlotRecord {
+                    namespace: key.0.clone(),
+                    pod: key.1.clone(),
+                    slot_start: *slot,
+                    metered_mj: mj,
+                })
+            })
+            .collect(),
+        pod_slots_before: slots_pruned_before,
     }
 }
 
@@ -528,6 +734,88 @@ mod tests {
                 .get(&("n1".to_string(), "n1-gpu0".to_string())),
             Some(&25)
         );
+        Ok(())
+    }
+
+    fn pod_sample(uuid: &str, time_s: i64, energy_mj: u64, pod: Option<&str>) -> Sample {
+        Sample {
+            device_uuid: uuid.into(),
+            time_unix_ms: time_s * 1000,
+            power_watts: 100.0,
+            energy_mj,
+            pod: pod.map(|p| offpeak_proto::v1::PodRef {
+                namespace: "ml".into(),
+                pod: p.into(),
+                container: "trainer".into(),
+            }),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn pod_energy_is_kept_per_metering_slot_and_devices_know_their_pod()
+    -> Result<(), Box<dyn std::error::Error>> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("state.db");
+        let pods: BTreeSet<PodKey> = [("ml".to_string(), "job-worker-0".to_string())].into();
+        {
+            let reg = NodeRegistry::open(&path)?;
+            reg.set_meter_slot(900);
+            let a = register(&reg, "n1");
+            let send = |seq: u64, samples: Vec<Sample>| {
+                reg.ingest(&SampleBatch {
+                    agent_id: a.agent_id.clone(),
+                    sequence: seq,
+                    samples,
+                    curves: vec![],
+                })
+            };
+            // 1_800_000_000 is 15-minute aligned; the baseline sample meters nothing.
+            send(1, vec![pod_sample("n1-gpu0", 1_800_000_000, 1_000, None)])?;
+            send(
+                2,
+                vec![pod_sample(
+                    "n1-gpu0",
+                    1_800_000_600,
+                    4_000,
+                    Some("job-worker-0"),
+                )],
+            )?;
+            send(
+                3,
+                vec![pod_sample(
+                    "n1-gpu0",
+                    1_800_000_960,
+                    9_000,
+                    Some("job-worker-0"),
+                )],
+            )?;
+            assert_eq!(
+                reg.devices_of_pods(&pods),
+                vec![PodDevice {
+                    node: "n1".into(),
+                    uuid: "n1-gpu0".into(),
+                    pod: pods.first().cloned().ok_or("pod")?,
+                }]
+            );
+            reg.persist()?;
+            // The pod left the device: it no longer serves the job.
+            send(4, vec![pod_sample("n1-gpu0", 1_800_001_000, 9_500, None)])?;
+            assert!(reg.devices_of_pods(&pods).is_empty());
+        }
+        let reg = NodeRegistry::open(&path)?;
+        let slots: Vec<(i64, u64)> = reg
+            .pod_slot_energy(&pods)
+            .iter()
+            .map(|s| (s.slot_start, s.energy_mj))
+            .collect();
+        assert_eq!(slots, vec![(1_800_000_000, 3_000), (1_800_000_900, 5_000)]);
+        assert_eq!(reg.pod_slot_energy(&pods)[0].zone, "DE-LU");
+        // Pruning drops old slots, on disk too.
+        assert_eq!(reg.prune_pod_slots(1_800_000_900), 1);
+        reg.persist()?;
+        let reg = NodeRegistry::open(&path)?;
+        assert_eq!(reg.pod_slot_energy(&pods).len(), 1);
         Ok(())
     }
 

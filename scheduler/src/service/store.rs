@@ -45,6 +45,14 @@ CREATE TABLE IF NOT EXISTS pod_energy (
     metered_mj INTEGER NOT NULL,
     PRIMARY KEY (agent_id, namespace, pod)
 );
+CREATE TABLE IF NOT EXISTS pod_slots (
+    agent_id   TEXT NOT NULL REFERENCES agents(agent_id),
+    namespace  TEXT NOT NULL,
+    pod        TEXT NOT NULL,
+    slot_start INTEGER NOT NULL,
+    metered_mj INTEGER NOT NULL,
+    PRIMARY KEY (agent_id, namespace, pod, slot_start)
+);
 ";
 
 /// Failure of the state store; each variant is named after the operation that failed.
@@ -84,6 +92,16 @@ pub struct PodEnergy {
     pub metered_mj: u64,
 }
 
+/// Energy metered on an agent's devices while a pod used them, in one metering slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodSlotRecord {
+    pub namespace: String,
+    pub pod: String,
+    /// Start of the slot, Unix seconds.
+    pub slot_start: i64,
+    pub metered_mj: u64,
+}
+
 /// An agent as persisted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRecord {
@@ -93,6 +111,10 @@ pub struct AgentRecord {
     pub last_sequence: u64,
     pub devices: Vec<DeviceRecord>,
     pub pods: Vec<PodEnergy>,
+    /// Slots to write (upserted; a save need not repeat slots saved before). Loading gives all.
+    pub pod_slots: Vec<PodSlotRecord>,
+    /// Slots starting before this (Unix seconds) are deleted when the agent is saved.
+    pub pod_slots_before: i64,
 }
 
 /// The SQLite file behind a registry.
@@ -168,6 +190,8 @@ impl StateStore {
                         last_sequence: from_sql(r.get(3)?),
                         devices: Vec::new(),
                         pods: Vec::new(),
+                        pod_slots: Vec::new(),
+                        pod_slots_before: i64::MIN,
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()
@@ -184,6 +208,12 @@ impl StateStore {
             .prepare(
                 "SELECT namespace, pod, metered_mj FROM pod_energy WHERE agent_id = ?1 \
                  ORDER BY namespace, pod",
+            )
+            .map_err(StoreError::Load)?;
+        let mut slots = conn
+            .prepare(
+                "SELECT namespace, pod, slot_start, metered_mj FROM pod_slots \
+                 WHERE agent_id = ?1 ORDER BY namespace, pod, slot_start",
             )
             .map_err(StoreError::Load)?;
         for agent in &mut agents {
@@ -210,6 +240,17 @@ impl StateStore {
                         namespace: r.get(0)?,
                         pod: r.get(1)?,
                         metered_mj: from_sql(r.get(2)?),
+                    })
+                })
+                .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+                .map_err(StoreError::Load)?;
+            agent.pod_slots = slots
+                .query_map([&agent.agent_id], |r| {
+                    Ok(PodSlotRecord {
+                        namespace: r.get(0)?,
+                        pod: r.get(1)?,
+                        slot_start: r.get(2)?,
+                        metered_mj: from_sql(r.get(3)?),
                     })
                 })
                 .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
@@ -290,6 +331,26 @@ fn write_agent(tx: &rusqlite::Transaction<'_>, a: &AgentRecord) -> Result<(), ru
             to_sql(p.metered_mj)
         ])?;
     }
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO pod_slots (agent_id, namespace, pod, slot_start, metered_mj) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (agent_id, namespace, pod, slot_start) DO UPDATE SET metered_mj = ?5",
+    )?;
+    for s in &a.pod_slots {
+        upsert.execute(params![
+            a.agent_id,
+            s.namespace,
+            s.pod,
+            s.slot_start,
+            to_sql(s.metered_mj)
+        ])?;
+    }
+    if a.pod_slots_before > i64::MIN {
+        tx.execute(
+            "DELETE FROM pod_slots WHERE agent_id = ?1 AND slot_start < ?2",
+            params![a.agent_id, a.pod_slots_before],
+        )?;
+    }
     Ok(())
 }
 
@@ -320,6 +381,13 @@ mod tests {
                 pod: "train-0".into(),
                 metered_mj: metered / 2,
             }],
+            pod_slots: vec![PodSlotRecord {
+                namespace: "ml".into(),
+                pod: "train-0".into(),
+                slot_start: 1_700_000_100,
+                metered_mj: metered / 3,
+            }],
+            pod_slots_before: i64::MIN,
         }
     }
 
@@ -336,6 +404,27 @@ mod tests {
         assert_eq!(store.last_sequence("a1")?, Some(9));
         assert_eq!(store.last_sequence("a9")?, None);
         assert_eq!(store.save_with(Vec::new)?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn pod_slots_are_upserted_and_pruned_on_save() -> Result<(), StoreError> {
+        let store = StateStore::in_memory()?;
+        let mut a = agent("a1", 1, 90);
+        let slot = |start: i64, mj: u64| PodSlotRecord {
+            namespace: "ml".into(),
+            pod: "train-0".into(),
+            slot_start: start,
+            metered_mj: mj,
+        };
+        a.pod_slots = vec![slot(900, 5), slot(1800, 6)];
+        store.save_with(|| vec![a.clone()])?;
+        // A later save writes only what changed, and drops slots before the mark.
+        a.pod_slots = vec![slot(2700, 7)];
+        a.pod_slots_before = 1800;
+        store.save_with(|| vec![a.clone()])?;
+        let loaded = store.load()?;
+        assert_eq!(loaded[0].pod_slots, vec![slot(1800, 6), slot(2700, 7)]);
         Ok(())
     }
 

@@ -477,10 +477,7 @@ impl PriceSourceSpec {
         line: u64,
         field: &str,
     ) -> Result<(PriceSourceConfig, Currency), ConfigError> {
-        let ctx = Ctx {
-            path: file,
-            dir: file.parent().unwrap_or(Path::new("")),
-        };
+        let ctx = Ctx::of(file);
         ctx.price_source(zone, &self.0, line, field)
     }
 }
@@ -494,10 +491,7 @@ impl CarbonSourceSpec {
         line: u64,
         field: &str,
     ) -> Result<CarbonSourceConfig, ConfigError> {
-        let ctx = Ctx {
-            path: file,
-            dir: file.parent().unwrap_or(Path::new("")),
-        };
+        let ctx = Ctx::of(file);
         ctx.carbon_source(zone, &self.0, line, field)
     }
 }
@@ -521,10 +515,7 @@ pub fn parse(text: &str, path: &Path) -> Result<SignalsConfig, ConfigError> {
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    let ctx = Ctx {
-        path,
-        dir: path.parent().unwrap_or(Path::new("")),
-    };
+    let ctx = Ctx::of(path);
     let slot_minutes = match &raw.signals.slot_minutes {
         None => DEFAULT_SLOT_MINUTES,
         Some(s) if s.value == 0 || !MINUTES_PER_DAY.is_multiple_of(s.value) => {
@@ -558,9 +549,19 @@ fn line<T>(s: &Spanned<T>) -> u64 {
     s.referenced.line()
 }
 
+/// Checking what was read from `path`, whose relative paths are taken from `dir`.
 struct Ctx<'a> {
     path: &'a Path,
     dir: &'a Path,
+}
+
+impl<'a> Ctx<'a> {
+    fn of(path: &'a Path) -> Self {
+        Ctx {
+            path,
+            dir: path.parent().unwrap_or(Path::new("")),
+        }
+    }
 }
 
 impl Ctx<'_> {
@@ -948,18 +949,17 @@ impl Ctx<'_> {
             }
             RawCarbonSource::ElectricityMaps(m) => {
                 let at = format!("{at}.electricity_maps");
-                let endpoint = match m.endpoint.as_deref() {
-                    None | Some("forecast") => Endpoint::Forecast,
-                    Some("history") => Endpoint::History,
-                    Some("past_range") => Endpoint::PastRange,
-                    Some(other) => {
-                        return Err(self.invalid(
-                            line,
-                            &format!("{at}.endpoint"),
-                            format!("`{other}` is not forecast, history or past_range"),
-                        ));
-                    }
-                };
+                let endpoint = self.choice(
+                    m.endpoint.as_deref(),
+                    Endpoint::Forecast,
+                    &[
+                        ("forecast", Endpoint::Forecast),
+                        ("history", Endpoint::History),
+                        ("past_range", Endpoint::PastRange),
+                    ],
+                    line,
+                    &format!("{at}.endpoint"),
+                )?;
                 CarbonSourceConfig::ElectricityMaps {
                     base_url: self.base_url(
                         &m.base_url,
@@ -992,18 +992,17 @@ impl Ctx<'_> {
                         "is for price files; a carbon file states its `basis`".to_owned(),
                     ));
                 }
-                let basis = match c.basis.as_deref() {
-                    None | Some("unspecified") => CarbonBasis::Unspecified,
-                    Some("direct") => CarbonBasis::Direct,
-                    Some("lifecycle") => CarbonBasis::Lifecycle,
-                    Some(other) => {
-                        return Err(self.invalid(
-                            line,
-                            &format!("{at}.basis"),
-                            format!("`{other}` is not direct, lifecycle or unspecified"),
-                        ));
-                    }
-                };
+                let basis = self.choice(
+                    c.basis.as_deref(),
+                    CarbonBasis::Unspecified,
+                    &[
+                        ("direct", CarbonBasis::Direct),
+                        ("lifecycle", CarbonBasis::Lifecycle),
+                        ("unspecified", CarbonBasis::Unspecified),
+                    ],
+                    line,
+                    &format!("{at}.basis"),
+                )?;
                 let (time_basis, resolution) = self.csv_common(c, line, &at)?;
                 let mut import = CarbonCsv::new(
                     zone,
@@ -1111,17 +1110,16 @@ impl Ctx<'_> {
                 ));
             }
         };
-        let endpoint = match endpoint.as_deref() {
-            None | Some("forecast") => watttime::Endpoint::Forecast,
-            Some("historical") => watttime::Endpoint::Historical,
-            Some(other) => {
-                return Err(self.invalid(
-                    line,
-                    &format!("{at}.endpoint"),
-                    format!("`{other}` is not forecast or historical"),
-                ));
-            }
-        };
+        let endpoint = self.choice(
+            endpoint.as_deref(),
+            watttime::Endpoint::Forecast,
+            &[
+                ("forecast", watttime::Endpoint::Forecast),
+                ("historical", watttime::Endpoint::Historical),
+            ],
+            line,
+            &format!("{at}.endpoint"),
+        )?;
         Ok((signal, endpoint))
     }
 
@@ -1204,30 +1202,25 @@ impl Ctx<'_> {
                 ));
             }
         };
-        let basis = match c.basis.as_deref() {
-            None | Some("unspecified") => CarbonBasis::Unspecified,
-            Some("marginal") => CarbonBasis::Marginal,
-            Some("direct") => CarbonBasis::Direct,
-            Some("lifecycle") => CarbonBasis::Lifecycle,
-            Some(other) => {
-                return Err(self.invalid(
-                    line,
-                    &format!("{at}.basis"),
-                    format!("`{other}` is not marginal, direct, lifecycle or unspecified"),
-                ));
-            }
-        };
-        let zeros = match c.zeros.as_deref() {
-            None | Some("gaps") => Zeros::AreGaps,
-            Some("values") => Zeros::AreValues,
-            Some(other) => {
-                return Err(self.invalid(
-                    line,
-                    &format!("{at}.zeros"),
-                    format!("`{other}` is not gaps or values"),
-                ));
-            }
-        };
+        let basis = self.choice(
+            c.basis.as_deref(),
+            CarbonBasis::Unspecified,
+            &[
+                ("marginal", CarbonBasis::Marginal),
+                ("direct", CarbonBasis::Direct),
+                ("lifecycle", CarbonBasis::Lifecycle),
+                ("unspecified", CarbonBasis::Unspecified),
+            ],
+            line,
+            &format!("{at}.basis"),
+        )?;
+        let zeros = self.choice(
+            c.zeros.as_deref(),
+            Zeros::AreGaps,
+            &[("gaps", Zeros::AreGaps), ("values", Zeros::AreValues)],
+            line,
+            &format!("{at}.zeros"),
+        )?;
         Ok(CarbonSourceConfig::CarbonAware {
             place,
             location: c.location.clone(),
@@ -1253,7 +1246,8 @@ impl Ctx<'_> {
                 &format!("{at}.{what}_env"),
                 format!(
                     "give exactly one of `{what}_env` (a variable name) and `{what}_file` (a \
-                     path); the {what} itself never goes in the config"
+                     path); the {} itself never goes in the config",
+                    what.replace('_', " ")
                 ),
             )),
         }
@@ -1299,6 +1293,31 @@ impl Ctx<'_> {
         }
     }
 
+    /// The value `options` pairs with the word given for `field`, or `default` where none
+    /// is; any other word is an error listing the words allowed.
+    fn choice<T: Copy>(
+        &self,
+        given: Option<&str>,
+        default: T,
+        options: &[(&str, T)],
+        line: u64,
+        field: &str,
+    ) -> Result<T, ConfigError> {
+        let Some(word) = given else {
+            return Ok(default);
+        };
+        if let Some(&(_, value)) = options.iter().find(|(w, _)| *w == word) {
+            return Ok(value);
+        }
+        let words: Vec<&str> = options.iter().map(|(w, _)| *w).collect();
+        let allowed = match words.split_last() {
+            Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+            _ => words.concat(),
+        };
+        Err(self.invalid(line, field, format!("`{word}` is not {allowed}")))
+    }
+
+    /// An API key, read from a variable or a file like any [`Ctx::secret`].
     fn key(
         &self,
         env: &Option<String>,
@@ -1306,17 +1325,7 @@ impl Ctx<'_> {
         line: u64,
         at: &str,
     ) -> Result<KeySource, ConfigError> {
-        match (env, file) {
-            (Some(v), None) if !v.trim().is_empty() => Ok(KeySource::Env(v.trim().to_owned())),
-            (None, Some(f)) if !f.trim().is_empty() => Ok(KeySource::File(self.dir.join(f.trim()))),
-            _ => Err(self.invalid(
-                line,
-                &format!("{at}.api_key_env"),
-                "give exactly one of `api_key_env` (a variable name) and `api_key_file` (a \
-                 path); the key itself never goes in the config"
-                    .to_owned(),
-            )),
-        }
+        self.secret(env, file, line, at, "api_key")
     }
 
     fn base_url(

@@ -1,14 +1,16 @@
 //! A provider's answer saved to a file, read as if it had just been fetched: for replaying a
 //! recorded day, running `offpeak signals show` offline, or building a scenario from real
 //! answers. The file is read at every fetch (an operator may replace it) and parsed by the
-//! provider's own parser, so it is checked exactly as a live answer would be.
+//! provider's own parser, so it is checked exactly as a live answer would be. Prices and
+//! carbon are served by one [`Recorded`], generic over its [`RecordedFormat`].
 
 use std::path::PathBuf;
 
 use super::octopus::Vat;
 use super::{
-    CarbonSeries, FetchFailure, PriceSeries, Publication, SignalError, SignalProvider, Window,
-    awattar, electricity_maps, energy_charts, entsoe, octopus, uk_carbon, watttime,
+    CarbonSeries, FetchFailure, PriceSeries, Publication, Series, SignalError, SignalProvider,
+    SignalUnit, Window, awattar, electricity_maps, energy_charts, entsoe, octopus, uk_carbon,
+    watttime,
 };
 use crate::units::{GramsPerKwh, PricePerMwh};
 
@@ -45,19 +47,21 @@ pub struct Recorded<F> {
     pub zone: String,
 }
 
-impl<F> Recorded<F> {
-    fn read(&self, provider: &'static str) -> Result<Vec<u8>, SignalError> {
-        std::fs::read(&self.path).map_err(|e| SignalError::Fetching {
-            provider,
-            endpoint: self.path.display().to_string(),
-            failure: FetchFailure::Transport(e.to_string()),
-        })
-    }
+/// How to read one provider's recorded answer: what [`Recorded`] needs of its format to
+/// serve it like the live provider, prices and carbon alike.
+pub trait RecordedFormat {
+    /// What the answer measures.
+    type Unit: SignalUnit;
+    /// Parses `body` as this provider's answer; `zone` names a series the answer does not.
+    fn parse(&self, body: &[u8], zone: &str) -> Result<Series<Self::Unit>, SignalError>;
+    /// The provider that gave the answer, named as the live source names itself.
+    fn provider(&self) -> &'static str;
 }
 
-impl RecordedPrice {
-    /// Parses `body` as this provider's answer.
-    pub fn parse(&self, body: &[u8], zone: &str) -> Result<PriceSeries, SignalError> {
+impl RecordedFormat for RecordedPrice {
+    type Unit = PricePerMwh;
+
+    fn parse(&self, body: &[u8], zone: &str) -> Result<PriceSeries, SignalError> {
         match self {
             RecordedPrice::Octopus { vat } => octopus::parse(body, zone, *vat),
             RecordedPrice::Awattar => awattar::parse(body, zone),
@@ -74,9 +78,10 @@ impl RecordedPrice {
     }
 }
 
-impl RecordedCarbon {
-    /// Parses `body` as this provider's answer; `zone` names a series the answer does not.
-    pub fn parse(&self, body: &[u8], zone: &str) -> Result<CarbonSeries, SignalError> {
+impl RecordedFormat for RecordedCarbon {
+    type Unit = GramsPerKwh;
+
+    fn parse(&self, body: &[u8], zone: &str) -> Result<CarbonSeries, SignalError> {
         match self {
             RecordedCarbon::UkCarbon => uk_carbon::parse(body),
             RecordedCarbon::ElectricityMaps => electricity_maps::parse(body),
@@ -97,36 +102,20 @@ impl RecordedCarbon {
     }
 }
 
-impl SignalProvider for Recorded<RecordedPrice> {
-    type Unit = PricePerMwh;
+impl<F: RecordedFormat + Sync> SignalProvider for Recorded<F> {
+    type Unit = F::Unit;
 
     fn name(&self) -> &'static str {
         self.format.provider()
     }
 
-    async fn fetch(&self, _window: Window) -> Result<PriceSeries, SignalError> {
-        let body = self.read(self.name())?;
-        self.format.parse(&body, &self.zone)
-    }
-
-    fn publication(&self) -> Publication {
-        Publication::Document
-    }
-
-    fn notes(&self) -> Vec<String> {
-        vec![format!("recorded answer {}", self.path.display())]
-    }
-}
-
-impl SignalProvider for Recorded<RecordedCarbon> {
-    type Unit = GramsPerKwh;
-
-    fn name(&self) -> &'static str {
-        self.format.provider()
-    }
-
-    async fn fetch(&self, _window: Window) -> Result<CarbonSeries, SignalError> {
-        let body = self.read(self.name())?;
+    /// Reads the file again at every fetch, so that a replaced recording is served at once.
+    async fn fetch(&self, _window: Window) -> Result<Series<F::Unit>, SignalError> {
+        let body = std::fs::read(&self.path).map_err(|e| SignalError::Fetching {
+            provider: self.name(),
+            endpoint: self.path.display().to_string(),
+            failure: FetchFailure::Transport(e.to_string()),
+        })?;
         self.format.parse(&body, &self.zone)
     }
 

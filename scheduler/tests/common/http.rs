@@ -146,6 +146,21 @@ pub fn raw_json(rel: &str) -> serde_json::Value {
     serde_json::from_slice(&read(rel)).expect("fixture is JSON")
 }
 
+/// The number `field` of every item of the array `array` in a parsed JSON answer: the values
+/// a test checks an adapter's series against.
+pub fn numbers(raw: &serde_json::Value, array: &str, field: &str) -> Vec<f64> {
+    raw[array]
+        .as_array()
+        .unwrap_or_else(|| panic!("`{array}` is not an array"))
+        .iter()
+        .map(|x| {
+            x[field]
+                .as_f64()
+                .unwrap_or_else(|| panic!("`{array}[].{field}` is not a number"))
+        })
+        .collect()
+}
+
 /// An RFC 3339 instant in UTC.
 pub fn utc(s: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(s)

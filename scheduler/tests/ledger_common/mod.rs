@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use offpeak_scheduler::ledger::{LedgerLocation, LedgerStore};
@@ -47,15 +47,17 @@ impl Backend {
         }
     }
 
-    /// A fresh, empty ledger of this backend: a file under `dir`, or a schema of its own in
-    /// the test database (dropped with the returned guard).
-    pub fn fresh(&self, dir: &Path) -> anyhow::Result<TestLedger> {
+    /// A fresh, empty ledger of this backend: a file in a temporary folder of its own, or a
+    /// schema of its own in the test database (both gone with the returned guard).
+    pub fn fresh(&self) -> anyhow::Result<TestLedger> {
         static N: AtomicU32 = AtomicU32::new(0);
         let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = tempfile::tempdir()?;
         match self {
             Backend::Sqlite => Ok(TestLedger {
-                location: LedgerLocation::Sqlite(dir.join(format!("ledger-{n}.sqlite"))),
+                location: LedgerLocation::Sqlite(dir.path().join("ledger.sqlite")),
                 drop_schema: None,
+                _dir: dir,
             }),
             Backend::Postgres { url } => {
                 let nanos = std::time::SystemTime::now()
@@ -70,17 +72,21 @@ impl Backend {
                         "{url}{sep}options=-c%20search_path%3D{schema}"
                     )),
                     drop_schema: Some((url.clone(), schema)),
+                    _dir: dir,
                 })
             }
         }
     }
 }
 
-/// A ledger for one test; a PostgreSQL schema is dropped when it goes.
+/// A ledger for one test; a PostgreSQL schema is dropped, and an SQLite file deleted, when it
+/// goes.
 #[derive(Debug)]
 pub struct TestLedger {
     pub location: LedgerLocation,
     drop_schema: Option<(String, String)>,
+    /// Holds the SQLite file; removed after `drop` has dropped the schema.
+    _dir: tempfile::TempDir,
 }
 
 impl TestLedger {
@@ -116,6 +122,16 @@ pub fn backends() -> Vec<Backend> {
         ),
     }
     out
+}
+
+/// Runs `check` on every backend of [`backends`] in turn, each on ledgers of its own.
+pub fn on_every_backend(
+    mut check: impl FnMut(&Backend) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    for b in backends() {
+        check(&b).map_err(|e| e.context(format!("on {}", b.name())))?;
+    }
+    Ok(())
 }
 
 /// The Chromium binary, if there is one (skipped loudly otherwise, a failure under CI).
