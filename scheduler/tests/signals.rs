@@ -18,13 +18,13 @@ use offpeak_scheduler::signals::octopus::{self, OctopusAgile, Vat};
 use offpeak_scheduler::signals::uk_carbon::{self, Scope, UkCarbonIntensity};
 use offpeak_scheduler::signals::{
     ApiKey, CarbonBasis, Currency, FetchFailure, HttpFetcher, Point, Quality, Series, SignalError,
-    SignalProvider, Window,
+    SignalProvider,
 };
 use offpeak_scheduler::units::{GramsPerKwh, PricePerMwh, SlotGrid};
 use serde_json::Value;
 mod common;
 
-use common::http::{Reply, fetcher, fixture, raw_json, read, serve, serve_with, utc};
+use common::http::{Reply, fetcher, fixture, raw_json, read, serve, serve_with, utc, window};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -37,13 +37,6 @@ fn raw_instant(s: &str) -> DateTime<Utc> {
         s.to_owned()
     };
     utc(&with_seconds)
-}
-
-fn window(from: &str, to: &str) -> Window {
-    Window {
-        from: utc(from),
-        to: utc(to),
-    }
 }
 
 const EPS: f64 = 1e-9;

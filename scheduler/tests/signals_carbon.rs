@@ -11,13 +11,12 @@ use offpeak_scheduler::signals::carbon_aware::{self, CarbonAware, Location, Zero
 use offpeak_scheduler::signals::watttime::{self, Endpoint, Place, Signal, WattTime};
 use offpeak_scheduler::signals::{
     ApiKey, CarbonBasis, FetchFailure, HttpFetcher, Quality, Series, SignalError, SignalProvider,
-    Window,
 };
 use offpeak_scheduler::units::GramsPerKwh;
 use serde_json::Value;
 mod common;
 
-use common::http::{Reply, fetcher, fixture, raw_json, read, serve, utc};
+use common::http::{Reply, fetcher, fixture, raw_json, read, serve, utc, window};
 
 const USER: &str = "wt-user";
 const PASSWORD: &str = "wt-pass-9f3e";
@@ -39,13 +38,6 @@ const CASDK: &str = "carbon_aware_sdk/emissionsforecast_de_2024-03-24.json";
 const CASDK_WEB: &str = "carbon_aware_sdk/webapi_forecasts_current_de.json";
 const GRAMS_PER_POUND: f64 = 453.592_37;
 const EPS: f64 = 1e-9;
-
-fn window(from: &str, to: &str) -> Window {
-    Window {
-        from: utc(from),
-        to: utc(to),
-    }
-}
 
 fn client(base: &str, place: Place, signal: Signal, endpoint: Endpoint) -> WattTime {
     WattTime::new(

@@ -9,10 +9,10 @@ use chrono::{DateTime, Duration, Utc};
 use offpeak_scheduler::signals::chain::{Merged, Origin, Outcome, ZoneChain};
 use offpeak_scheduler::signals::config::{self, ConfigError, SignalsConfig};
 use offpeak_scheduler::signals::show::{ShowArgs, show};
-use offpeak_scheduler::signals::{Quality, SignalUnit, Window};
+use offpeak_scheduler::signals::{Quality, SignalUnit};
 mod common;
 
-use common::http::{Reply, fetcher, raw_json, read, serve, utc};
+use common::http::{Reply, fetcher, raw_json, read, serve, utc, window};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
@@ -51,13 +51,6 @@ fn uk_raw(rel: &str) -> Vec<(DateTime<Utc>, f64)> {
             (uk_instant(h["from"].as_str().expect("from")), v)
         })
         .collect()
-}
-
-fn window(from: &str, to: &str) -> Window {
-    Window {
-        from: utc(from),
-        to: utc(to),
-    }
 }
 
 /// A zone `GB` whose carbon chain is `carbon` (YAML list items, indented for the list) and

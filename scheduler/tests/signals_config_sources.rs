@@ -6,25 +6,18 @@
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
+use offpeak_scheduler::signals::CarbonBasis;
 use offpeak_scheduler::signals::chain::{Origin, Outcome, ZoneChain};
 use offpeak_scheduler::signals::config::{self, SignalsConfig};
 use offpeak_scheduler::signals::show::{ShowArgs, show};
 use offpeak_scheduler::signals::tariff::Tariff;
 use offpeak_scheduler::signals::tariff::urdb::UrdbOptions;
-use offpeak_scheduler::signals::{CarbonBasis, Window};
 mod common;
 
-use common::http::{Reply, fetcher, fixture, numbers, raw_json, read, serve, utc};
+use common::http::{Reply, fetcher, fixture, numbers, raw_json, read, serve, utc, window};
 
 const CASDK: &str = "carbon_aware_sdk/emissionsforecast_de_2024-03-24.json";
 const INVALID_SCOPE: &str = "watttime/error_invalid_scope.json";
-
-fn window(from: &str, to: &str) -> Window {
-    Window {
-        from: utc(from),
-        to: utc(to),
-    }
-}
 
 /// A configuration with one zone `Z` of the given price and carbon items (YAML list items at
 /// the chain's indentation), written to `dir` next to copies of the fixtures it names.
@@ -84,146 +77,123 @@ fn new_sources_are_checked_at_load_naming_the_field() {
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     copy_fixtures(d);
-    let e = config_err(d, "        - tariff: {path: sce.json}\n", CARBON_CASDK);
-    assert!(e.contains("line 6: `zones[Z].price[1].tariff.time_zone`: an OpenEI URDB tariff does not name its time zone"), "{e}");
-    let e = config_err(
-        d,
-        "        - tariff: {path: berlin.yaml, time_zone: Europe/Berlin}\n",
-        CARBON_CASDK,
-    );
-    assert!(
-        e.contains("`zones[Z].price[1].tariff.time_zone`: is for OpenEI URDB (.json) tariffs"),
-        "{e}"
-    );
-    let e = config_err(d, "        - tariff: {path: sce.csv}\n", CARBON_CASDK);
-    assert!(
-        e.contains("is neither an OpenEI URDB tariff (.json) nor a YAML tariff (.yaml)"),
-        "{e}"
-    );
-    let e = config_err(
-        d,
-        "        - tariff: {path: nope.json, time_zone: UTC}\n",
-        CARBON_CASDK,
-    );
-    assert!(
-        e.contains("`zones[Z].price[1].tariff.path`: reading "),
-        "{e}"
-    );
-    assert!(e.contains("nope.json: No such file"), "{e}");
     std::fs::write(
         d.join("broken.yaml"),
         "tariff:\n  name: x\n  currency: euro\n",
     )
     .expect("w");
-    let e = config_err(d, "        - tariff: {path: broken.yaml}\n", CARBON_CASDK);
-    assert!(
-        e.contains("`zones[Z].price[1].tariff.path`: parsing "),
-        "{e}"
-    );
-    let e = config_err(
-        d,
-        "        - tariff: {path: sce.json, time_zone: America/Los_Angeles, tier: 0}\n",
-        CARBON_CASDK,
-    );
-    assert!(e.contains("tiers are counted from 1"), "{e}");
-    // A tariff in dollars cannot back up a price in euros.
-    let e = config_err(
-        d,
-        "        - awattar: {}\n        - tariff: {path: sce.json, time_zone: America/Los_Angeles}\n",
-        CARBON_CASDK,
-    );
-    assert!(
-        e.contains("`zones[Z].price[2]`: prices in USD, but zones[Z].price[1] gives EUR"),
-        "{e}"
-    );
-
-    // WattTime: the signal must be chosen, and the credentials come from outside.
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - watttime: {region: CAISO_NORTH, username_env: U, password_env: P}\n",
-    );
-    assert!(
-        e.contains("`zones[Z].carbon[1].watttime.signal`: must be `marginal`"),
-        "{e}"
-    );
-    assert!(e.contains("not nothing"), "{e}");
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - watttime: {region: CAISO_NORTH, signal: moer, username_env: U, password_env: P}\n",
-    );
-    assert!(e.contains("not `moer`"), "{e}");
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - watttime: {region: CAISO_NORTH, signal: marginal, password_env: P}\n",
-    );
-    assert!(
-        e.contains("`zones[Z].carbon[1].watttime.username_env`: give exactly one of"),
-        "{e}"
-    );
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - watttime: {latitude: 95, longitude: 0, signal: marginal, username_env: U, password_env: P}\n",
-    );
-    assert!(
-        e.contains("give either `region` (CAISO_NORTH) or `latitude` and `longitude`"),
-        "{e}"
-    );
-    // Marginal and average rates do not back each other up.
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - watttime: {region: CAISO_NORTH, signal: marginal, username_env: U, password_env: P}\n        - uk_carbon: {}\n",
-    );
-    assert!(
-        e.contains("`zones[Z].carbon[2]`: gives average intensities, but zones[Z].carbon[1] gives marginal ones"),
-        "{e}"
-    );
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - carbon_aware_sdk: {path: de.json, url: \"http://x\"}\n",
-    );
-    assert!(e.contains("give exactly one of `path`"), "{e}");
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - carbon_aware_sdk: {base_url: \"http://x\"}\n",
-    );
-    assert!(e.contains("the Web API needs the SDK `location`"), "{e}");
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - carbon_aware_sdk: {path: de.json, zeros: maybe}\n",
-    );
-    assert!(e.contains("`maybe` is not gaps or values"), "{e}");
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - recorded: {provider: wattime, path: x.json}\n",
-    );
-    assert!(
-        e.contains("`wattime` is not uk_carbon, electricity_maps, energy_charts or watttime"),
-        "{e}"
-    );
-    let e = config_err(
-        d,
-        PRICE_TARIFF,
-        "        - recorded: {provider: uk_carbon, path: x.json, signal: marginal}\n",
-    );
-    assert!(e.contains("are for `provider: watttime` only"), "{e}");
-    let e = config_err(
-        d,
-        "        - recorded: {provider: octopus, path: x.json}\n",
-        CARBON_CASDK,
-    );
-    assert!(
-        e.contains("an Octopus answer needs `vat: included` or `vat: excluded`"),
-        "{e}"
-    );
+    // (price items, carbon items, what the error must say)
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "        - tariff: {path: sce.json}\n",
+            CARBON_CASDK,
+            &[
+                "line 6: `zones[Z].price[1].tariff.time_zone`: an OpenEI URDB tariff does not name its time zone",
+            ],
+        ),
+        (
+            "        - tariff: {path: berlin.yaml, time_zone: Europe/Berlin}\n",
+            CARBON_CASDK,
+            &["`zones[Z].price[1].tariff.time_zone`: is for OpenEI URDB (.json) tariffs"],
+        ),
+        (
+            "        - tariff: {path: sce.csv}\n",
+            CARBON_CASDK,
+            &["is neither an OpenEI URDB tariff (.json) nor a YAML tariff (.yaml)"],
+        ),
+        (
+            "        - tariff: {path: nope.json, time_zone: UTC}\n",
+            CARBON_CASDK,
+            &[
+                "`zones[Z].price[1].tariff.path`: reading ",
+                "nope.json: No such file",
+            ],
+        ),
+        (
+            "        - tariff: {path: broken.yaml}\n",
+            CARBON_CASDK,
+            &["`zones[Z].price[1].tariff.path`: parsing "],
+        ),
+        (
+            "        - tariff: {path: sce.json, time_zone: America/Los_Angeles, tier: 0}\n",
+            CARBON_CASDK,
+            &["tiers are counted from 1"],
+        ),
+        // A tariff in dollars cannot back up a price in euros.
+        (
+            "        - awattar: {}\n        - tariff: {path: sce.json, time_zone: America/Los_Angeles}\n",
+            CARBON_CASDK,
+            &["`zones[Z].price[2]`: prices in USD, but zones[Z].price[1] gives EUR"],
+        ),
+        // WattTime: the signal must be chosen, and the credentials come from outside.
+        (
+            PRICE_TARIFF,
+            "        - watttime: {region: CAISO_NORTH, username_env: U, password_env: P}\n",
+            &[
+                "`zones[Z].carbon[1].watttime.signal`: must be `marginal`",
+                "not nothing",
+            ],
+        ),
+        (
+            PRICE_TARIFF,
+            "        - watttime: {region: CAISO_NORTH, signal: moer, username_env: U, password_env: P}\n",
+            &["not `moer`"],
+        ),
+        (
+            PRICE_TARIFF,
+            "        - watttime: {region: CAISO_NORTH, signal: marginal, password_env: P}\n",
+            &["`zones[Z].carbon[1].watttime.username_env`: give exactly one of"],
+        ),
+        (
+            PRICE_TARIFF,
+            "        - watttime: {latitude: 95, longitude: 0, signal: marginal, username_env: U, password_env: P}\n",
+            &["give either `region` (CAISO_NORTH) or `latitude` and `longitude`"],
+        ),
+        // Marginal and average rates do not back each other up.
+        (
+            PRICE_TARIFF,
+            "        - watttime: {region: CAISO_NORTH, signal: marginal, username_env: U, password_env: P}\n        - uk_carbon: {}\n",
+            &[
+                "`zones[Z].carbon[2]`: gives average intensities, but zones[Z].carbon[1] gives marginal ones",
+            ],
+        ),
+        (
+            PRICE_TARIFF,
+            "        - carbon_aware_sdk: {path: de.json, url: \"http://x\"}\n",
+            &["give exactly one of `path`"],
+        ),
+        (
+            PRICE_TARIFF,
+            "        - carbon_aware_sdk: {base_url: \"http://x\"}\n",
+            &["the Web API needs the SDK `location`"],
+        ),
+        (
+            PRICE_TARIFF,
+            "        - carbon_aware_sdk: {path: de.json, zeros: maybe}\n",
+            &["`maybe` is not gaps or values"],
+        ),
+        (
+            PRICE_TARIFF,
+            "        - recorded: {provider: wattime, path: x.json}\n",
+            &["`wattime` is not uk_carbon, electricity_maps, energy_charts or watttime"],
+        ),
+        (
+            PRICE_TARIFF,
+            "        - recorded: {provider: uk_carbon, path: x.json, signal: marginal}\n",
+            &["are for `provider: watttime` only"],
+        ),
+        (
+            "        - recorded: {provider: octopus, path: x.json}\n",
+            CARBON_CASDK,
+            &["an Octopus answer needs `vat: included` or `vat: excluded`"],
+        ),
+    ];
+    for (price, carbon, wants) in cases {
+        let e = config_err(d, price, carbon);
+        for want in *wants {
+            assert!(e.contains(want), "{price}{carbon}: {e}");
+        }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ use offpeak_scheduler::units::PricePerMwh;
 use serde_json::Value;
 mod common;
 
-use common::http::{fixture, raw_json, read, utc};
+use common::http::{fixture, raw_json, read, utc, window};
 
 const SCE: &str = "tariffs/sce_tou-8_option-d.json";
 const PGE: &str = "tariffs/pge_bev-2-s.json";
@@ -32,13 +32,6 @@ fn la() -> Tz {
 fn urdb_file(rel: &str, tz: Tz) -> Tariff {
     Tariff::load(&fixture(rel), Some(&UrdbOptions::new(tz)))
         .unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn window(from: &str, to: &str) -> Window {
-    Window {
-        from: utc(from),
-        to: utc(to),
-    }
 }
 
 /// The price (USD/MWh) and period index the raw record gives for UTC instant `t`: the local

@@ -17,24 +17,24 @@
 //! (`placement::budget`) until the month's spending or the budget changes.
 //!
 //! Metering: each cycle brings every job's metered energy up to what the node agents reported
-//! for its worker pods (`metering`), and keeps the month-to-date cost of each namespace.
+//! for its worker pods (`metering`), and keeps the month-to-date cost of each namespace. That
+//! side (metering, the budget rule, power-limit failures) is in `state/accounting.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::budget;
+mod accounting;
+
 use super::frame::{Frame, FrameJob, FrameRun};
-use super::metering::{self, JobMetered, Pricer};
-use super::power::{ActiveRun, Failures};
+use super::metering::{self, JobMetered};
 use super::spec::JobSpec;
-use super::store::{CommittedRun, MeteredSlot, Store};
-use super::view::{next_cost, view_of};
+use super::store::{CommittedRun, Store};
+use super::view::view_of;
 use super::{Phase, PlacementError, PlanView, ReportedState, Settings};
 use crate::planner::Plan;
 use crate::planner::progress::{self, check_start};
-use crate::service::NodeRegistry;
 use crate::units::{Hours, KgCo2e, Money, Slot};
 
 /// Runs that ended longer ago than this are dropped from the store at start-up: no job waits
@@ -87,7 +87,7 @@ pub struct FrameJobs {
     pub queue: Vec<FrameJob>,
     /// Runs holding nodes.
     pub running: Vec<FrameRun>,
-    /// Jobs left out because they are held, with the reason.
+    /// How many jobs were left out because they are held.
     pub held: usize,
 }
 
@@ -413,34 +413,6 @@ impl State {
                     )))
     }
 
-    /// Month-to-date metered cost of `namespace` at `wall`.
-    fn spent(&self, namespace: &str, wall: DateTime<Utc>) -> Money {
-        let month = metering::month_start(wall).timestamp();
-        Money(
-            self.month_cost
-                .get(&(namespace.to_owned(), month))
-                .copied()
-                .unwrap_or(0.0),
-        )
-    }
-
-    /// Why a job is held now, if it is: by its user, or (while the estimate it was held with
-    /// still overruns) by its namespace's budget.
-    fn hold_reason(&self, job: &LiveJob, wall: DateTime<Utc>) -> Option<String> {
-        if job.spec.held {
-            return Some(budget::HELD_BY_USER.to_owned());
-        }
-        let (estimate, limit) = (job.budget_hold?, job.spec.monthly_budget?);
-        let ns = metering::namespace_of(&job.spec.key);
-        budget::exhausted(
-            ns,
-            self.spent(ns, wall),
-            estimate,
-            limit,
-            &self.settings.currency,
-        )
-    }
-
     /// The queue and the runs holding nodes at planning instant `at` (wall time `wall`); held
     /// jobs are left out, and remembered for [`State::apply`].
     pub fn frame_jobs(&mut self, at: DateTime<Utc>, wall: DateTime<Utc>) -> FrameJobs {
@@ -516,73 +488,6 @@ impl State {
         std::mem::take(&mut self.replan)
     }
 
-    /// Brings every job's metered energy up to what the registry holds for its pods, prices
-    /// what is new at `pricer`'s signals and records it; returns how many slots changed.
-    pub fn meter(&mut self, registry: &NodeRegistry, pricer: &Pricer<'_>) -> usize {
-        let mut changed: Vec<MeteredSlot> = Vec::new();
-        for job in self.jobs.values_mut() {
-            let pods = metering::worker_pods(&job.spec.key, job.spec.workers);
-            let readings = registry.pod_slot_energy(&pods);
-            if readings.is_empty() {
-                continue;
-            }
-            let from = self.settings.floor(job.spec.submit);
-            let ns = metering::namespace_of(&job.spec.key).to_owned();
-            for (slot, delta) in metering::update(
-                &job.spec.key,
-                &job.spec.uid,
-                &mut job.metered,
-                &readings,
-                from,
-                pricer,
-            ) {
-                let month = metering::month_start(slot.slot_start).timestamp();
-                *self.month_cost.entry((ns.clone(), month)).or_default() += delta;
-                changed.push(slot);
-            }
-        }
-        if let Err(e) = self.store.write_metered(&changed) {
-            // Kept in memory; the next change of the same slots writes them again.
-            tracing::warn!(error = %e, "could not record metered energy");
-        }
-        changed.len()
-    }
-
-    /// The runs in progress at `wall`, for their power limits.
-    pub fn active_runs(&self, wall: DateTime<Utc>) -> Vec<ActiveRun> {
-        self.jobs
-            .values()
-            .filter(|j| j.ending.is_none() && !j.spec.held)
-            .flat_map(|j| {
-                j.runs
-                    .iter()
-                    .filter(move |r| r.start <= wall && r.end > wall)
-                    .map(move |r| ActiveRun {
-                        key: j.spec.key.clone(),
-                        uid: j.spec.uid.clone(),
-                        seq: r.seq,
-                        workers: j.spec.workers,
-                        // Profiles hold whole watts (the scenario format checks it).
-                        watts: r.power_limit.0.round() as u32,
-                    })
-            })
-            .collect()
-    }
-
-    /// Takes the power-limit failures of the runs in progress; returns whether any job's
-    /// changed (its plan then needs publishing again).
-    pub fn set_power_failures(&mut self, mut failures: Failures) -> bool {
-        let mut changed = false;
-        for (key, job) in &mut self.jobs {
-            let now = failures.remove(key).unwrap_or_default();
-            if now != job.power_failures {
-                job.power_failures = now;
-                changed = true;
-            }
-        }
-        changed
-    }
-
     /// Applies `plan`, made from `frame` at wall time `wall`: commits the runs that start (when
     /// `commit`), records every job's new plan, and returns the plans that changed (each with
     /// its revision raised).
@@ -651,34 +556,6 @@ impl State {
                 .is_none_or(|(_, at)| wall - *at < retention)
         });
         changed
-    }
-
-    /// Holds a job whose next run, started at `start` in `zone` at power point `point`, would
-    /// take its namespace over its monthly budget; returns the reason.
-    fn over_budget(
-        &mut self,
-        frame: &Frame,
-        key: &str,
-        next: (Slot, usize, usize),
-        wall: DateTime<Utc>,
-    ) -> Option<String> {
-        let job = self.jobs.get(key)?;
-        let limit = job.spec.monthly_budget?;
-        let estimate = next_cost(frame, &self.settings, job, next.0, next.1, next.2)?;
-        let ns = metering::namespace_of(key);
-        let reason = budget::exhausted(
-            ns,
-            self.spent(ns, wall),
-            estimate,
-            limit,
-            &self.settings.currency,
-        )?;
-        tracing::info!(job = %key, %reason, "held for its namespace's budget");
-        if let Some(job) = self.jobs.get_mut(key) {
-            job.budget_hold = Some(estimate);
-        }
-        self.replan = true;
-        Some(reason)
     }
 
     /// Turns the policy's plan into one decision per job, committing (and recording) the runs

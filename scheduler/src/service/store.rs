@@ -1,8 +1,10 @@
-//! The registry's persistence: agents, their devices, each agent's batch sequence and each
-//! device's meter, in a SQLite file, so a restarted scheduler keeps its energy totals and
-//! still recognises the batches agents replay.
+//! The registry's persistence: agents, their devices, each agent's batch sequence, each
+//! device's meter and the energy metered per pod (in total, and per metering slot when the
+//! planning cycle keeps slots), in a SQLite file, so a restarted scheduler keeps its energy
+//! totals and still recognises the batches agents replay.
 //!
-//! An agent is always written whole (its row and all its devices' rows) in one transaction,
+//! An agent is always written whole (its row and all its devices' rows; of its pod slots, those
+//! changed since the last save) in one transaction,
 //! so its sequence and its meters on disk always agree: whatever was metered up to sequence N
 //! is on disk together with N, and batches after N are replayed by the agent (it keeps them
 //! until the scheduler confirms a stream, which it does only after writing them here).

@@ -1,6 +1,8 @@
 //! The providers a configuration names, built into one price and one carbon source type, so
-//! that a chain can hold any mix of them.
+//! that a chain can hold any mix of them. A source whose key cannot be read is built as an
+//! [`Unavailable`] one, of either unit, which the chain passes over.
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
@@ -17,7 +19,9 @@ use super::recorded::{Recorded, RecordedCarbon, RecordedPrice};
 use super::tariff::{Tariff, TariffSource};
 use super::uk_carbon::UkCarbonIntensity;
 use super::watttime::WattTime;
-use super::{ApiKey, HttpFetcher, Publication, Series, SignalError, SignalProvider, Window};
+use super::{
+    ApiKey, HttpFetcher, Publication, Series, SignalError, SignalProvider, SignalUnit, Window,
+};
 use crate::units::{GramsPerKwh, PricePerMwh};
 
 /// How often a source that could not be built (an unreadable key) is tried again: the key
@@ -33,11 +37,7 @@ pub enum PriceProvider {
     Entsoe(Entsoe),
     Tariff(TariffSource),
     Recorded(Recorded<RecordedPrice>),
-    /// A source that could not be built (its API key is unreadable): it fails every fetch.
-    Unavailable {
-        provider: &'static str,
-        reason: String,
-    },
+    Unavailable(Unavailable<PricePerMwh>),
 }
 
 /// A carbon-intensity source of any kind.
@@ -50,39 +50,108 @@ pub enum CarbonProvider {
     CarbonAware(CarbonAware),
     EnergyCharts(EnergyCharts),
     Recorded(Recorded<RecordedCarbon>),
-    /// A source that could not be built (its API key is unreadable): it fails every fetch.
-    Unavailable {
-        provider: &'static str,
-        reason: String,
-    },
+    Unavailable(Unavailable<GramsPerKwh>),
 }
 
-/// `$call` on whichever provider `$self` holds (bound to `$p`); `$unavailable` for a source
-/// that could not be built (its name and reason bound to `$provider` and `$reason`).
-macro_rules! dispatch {
-    ($enum:ident [$($variant:ident),*], $self:expr, $p:ident => $call:expr,
-     $provider:ident, $reason:ident => $unavailable:expr) => {
-        match $self {
-            $($enum::$variant($p) => $call,)*
-            $enum::Unavailable {
-                provider: $provider,
-                reason: $reason,
-            } => $unavailable,
+/// A source that could not be built (its API key is unreadable): it fails every fetch, so
+/// that the chain falls through to the next source, and is tried again every
+/// [`UNAVAILABLE_RETRY`].
+#[derive(Debug, Clone)]
+pub struct Unavailable<U> {
+    pub provider: &'static str,
+    pub reason: String,
+    unit: PhantomData<U>,
+}
+
+impl<U> Unavailable<U> {
+    /// `provider`, whose key could not be read for `e`.
+    fn new(provider: &'static str, e: SignalError) -> Self {
+        Unavailable {
+            provider,
+            reason: unavailable_reason(e),
+            unit: PhantomData,
+        }
+    }
+}
+
+impl<U: SignalUnit + Sync> SignalProvider for Unavailable<U> {
+    type Unit = U;
+
+    fn name(&self) -> &'static str {
+        self.provider
+    }
+
+    async fn fetch(&self, _window: Window) -> Result<Series<U>, SignalError> {
+        Err(SignalError::ReadingApiKey {
+            provider: self.provider,
+            reason: self.reason.clone(),
+        })
+    }
+
+    fn publication(&self) -> Publication {
+        UNAVAILABLE_RETRY
+    }
+}
+
+/// Implements [`SignalProvider`] for a source enum by handing every call to the source it
+/// holds.
+macro_rules! forward {
+    ($enum:ident, $unit:ty, [$($variant:ident),*]) => {
+        impl SignalProvider for $enum {
+            type Unit = $unit;
+
+            fn name(&self) -> &'static str {
+                match self {
+                    $($enum::$variant(p) => p.name(),)*
+                }
+            }
+
+            async fn fetch(&self, window: Window) -> Result<Series<$unit>, SignalError> {
+                match self {
+                    $($enum::$variant(p) => p.fetch(window).await,)*
+                }
+            }
+
+            fn publication(&self) -> Publication {
+                match self {
+                    $($enum::$variant(p) => p.publication(),)*
+                }
+            }
+
+            fn notes(&self) -> Vec<String> {
+                match self {
+                    $($enum::$variant(p) => p.notes(),)*
+                }
+            }
+
+            fn valid_until(&self, answer: &Series<$unit>) -> DateTime<Utc> {
+                match self {
+                    $($enum::$variant(p) => p.valid_until(answer),)*
+                }
+            }
         }
     };
 }
 
-macro_rules! price {
-    ($($rest:tt)*) => {
-        dispatch!(PriceProvider [Csv, Octopus, Awattar, Entsoe, Tariff, Recorded], $($rest)*)
-    };
-}
-
-macro_rules! carbon {
-    ($($rest:tt)*) => {
-        dispatch!(CarbonProvider [UkCarbon, ElectricityMaps, Csv, WattTime, CarbonAware, EnergyCharts, Recorded], $($rest)*)
-    };
-}
+forward!(
+    PriceProvider,
+    PricePerMwh,
+    [Csv, Octopus, Awattar, Entsoe, Tariff, Recorded, Unavailable]
+);
+forward!(
+    CarbonProvider,
+    GramsPerKwh,
+    [
+        UkCarbon,
+        ElectricityMaps,
+        Csv,
+        WattTime,
+        CarbonAware,
+        EnergyCharts,
+        Recorded,
+        Unavailable
+    ]
+);
 
 impl PriceProvider {
     /// The tariff this source evaluates, if it is one (for its period names).
@@ -91,56 +160,6 @@ impl PriceProvider {
             PriceProvider::Tariff(t) => Some(&t.tariff),
             _ => None,
         }
-    }
-}
-
-impl SignalProvider for PriceProvider {
-    type Unit = PricePerMwh;
-
-    fn name(&self) -> &'static str {
-        price!(self, p => p.name(), provider, _r => provider)
-    }
-
-    async fn fetch(&self, window: Window) -> Result<Series<PricePerMwh>, SignalError> {
-        price!(self, p => p.fetch(window).await, provider, reason =>
-            Err(SignalError::ReadingApiKey { provider, reason: reason.clone() }))
-    }
-
-    fn publication(&self) -> Publication {
-        price!(self, p => p.publication(), _p, _r => UNAVAILABLE_RETRY)
-    }
-
-    fn notes(&self) -> Vec<String> {
-        price!(self, p => p.notes(), _p, _r => Vec::new())
-    }
-
-    fn valid_until(&self, answer: &Series<PricePerMwh>) -> DateTime<Utc> {
-        price!(self, p => p.valid_until(answer), _p, _r => answer.known_until)
-    }
-}
-
-impl SignalProvider for CarbonProvider {
-    type Unit = GramsPerKwh;
-
-    fn name(&self) -> &'static str {
-        carbon!(self, p => p.name(), provider, _r => provider)
-    }
-
-    async fn fetch(&self, window: Window) -> Result<Series<GramsPerKwh>, SignalError> {
-        carbon!(self, p => p.fetch(window).await, provider, reason =>
-            Err(SignalError::ReadingApiKey { provider, reason: reason.clone() }))
-    }
-
-    fn publication(&self) -> Publication {
-        carbon!(self, p => p.publication(), _p, _r => UNAVAILABLE_RETRY)
-    }
-
-    fn notes(&self) -> Vec<String> {
-        carbon!(self, p => p.notes(), _p, _r => Vec::new())
-    }
-
-    fn valid_until(&self, answer: &Series<GramsPerKwh>) -> DateTime<Utc> {
-        carbon!(self, p => p.valid_until(answer), _p, _r => answer.known_until)
     }
 }
 
@@ -202,10 +221,7 @@ impl PriceProvider {
                 Ok(k) => PriceProvider::Entsoe(
                     Entsoe::new(fetcher.clone(), base_url, k, eic, zone).with_sequence(*sequence),
                 ),
-                Err(e) => PriceProvider::Unavailable {
-                    provider: super::entsoe::PROVIDER,
-                    reason: unavailable_reason(e),
-                },
+                Err(e) => PriceProvider::Unavailable(Unavailable::new(super::entsoe::PROVIDER, e)),
             },
             PriceSourceConfig::Tariff { tariff } => PriceProvider::Tariff(TariffSource {
                 tariff: Arc::clone(tariff),
@@ -244,10 +260,10 @@ impl CarbonProvider {
                     zone,
                     *endpoint,
                 )),
-                Err(e) => CarbonProvider::Unavailable {
-                    provider: super::electricity_maps::PROVIDER,
-                    reason: unavailable_reason(e),
-                },
+                Err(e) => CarbonProvider::Unavailable(Unavailable::new(
+                    super::electricity_maps::PROVIDER,
+                    e,
+                )),
             },
             CarbonSourceConfig::Csv { import, place } => CarbonProvider::Csv(CsvSource {
                 import: import.clone(),
@@ -279,10 +295,9 @@ impl CarbonProvider {
                         }
                         CarbonProvider::WattTime(w)
                     }
-                    (Err(e), _) | (_, Err(e)) => CarbonProvider::Unavailable {
-                        provider,
-                        reason: unavailable_reason(e),
-                    },
+                    (Err(e), _) | (_, Err(e)) => {
+                        CarbonProvider::Unavailable(Unavailable::new(provider, e))
+                    }
                 }
             }
             CarbonSourceConfig::CarbonAware {

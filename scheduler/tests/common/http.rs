@@ -161,6 +161,14 @@ pub fn numbers(raw: &serde_json::Value, array: &str, field: &str) -> Vec<f64> {
         .collect()
 }
 
+/// The window from `from` to `to` (RFC 3339).
+pub fn window(from: &str, to: &str) -> offpeak_scheduler::signals::Window {
+    offpeak_scheduler::signals::Window {
+        from: utc(from),
+        to: utc(to),
+    }
+}
+
 /// An RFC 3339 instant in UTC.
 pub fn utc(s: &str) -> chrono::DateTime<chrono::Utc> {
     chrono::DateTime::parse_from_rfc3339(s)
