@@ -482,6 +482,7 @@ mod tests {
             sm_clock_mhz: None,
             memory_clock_mhz: None,
             power_limit_watts: Some(limit),
+            memory: None,
             work_done,
         }
     }

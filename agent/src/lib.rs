@@ -10,7 +10,8 @@
 //! - [`sim`]: a simulated source playing a measured Zeus power-limit sweep (`data/`);
 //! - [`rapl`]: CPU package and DRAM energy from the Linux powercap sysfs tree;
 //! - [`nvml`]: NVIDIA GPUs through NVML, loaded at run time;
-//! - [`tpu`]: TPU chips, power estimated from their duty cycle (marked estimated);
+//! - [`tpu`]: TPU chips read through the TPU runtime's metrics service (gRPC), power
+//!   estimated from their duty cycle with a per-generation profile (marked estimated);
 //! - [`curve`]: power curves per (device model, workload), built from readings, and draw
 //!   against utilisation;
 //! - [`sampler`]: a source's readings into wire samples (with the pod using each device) and
@@ -24,9 +25,6 @@
 //! - [`enforce`]: applying power limits within each device's range and restoring defaults;
 //! - [`runtime`]: the [`runtime::Agent`] tying these together, and [`runtime::run`], what the
 //!   `offpeak-agent` binary (`src/main.rs`) calls.
-//!
-//! Not here yet (issue 4): a reader for the TPU runtime's metrics service (the TPU source
-//! takes its duty cycles through a trait), and TPUs in the binary.
 
 pub mod buffer;
 pub mod client;

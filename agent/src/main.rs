@@ -9,14 +9,16 @@ use clap::{Parser, ValueEnum};
 use offpeak_agent::client::UplinkConfig;
 use offpeak_agent::rapl::DEFAULT_POWERCAP_ROOT;
 use offpeak_agent::runtime::{self, AgentConfig, SimProfile, SourceKind};
+use offpeak_agent::tpu::{TpuConfig, TpuGeneration, metrics::DEFAULT_ADDR as DEFAULT_TPU_ADDR};
 
 /// offpeak node agent: measures accelerator power, streams it to the scheduler and applies the
 /// power limits it commands.
 #[derive(Debug, Parser)]
 #[command(name = "offpeak-agent", version, about)]
 struct Args {
-    /// Where readings come from: simulated GPUs, NVIDIA GPUs (NVML), or CPU package and DRAM
-    /// energy (RAPL).
+    /// Where readings come from: simulated GPUs, NVIDIA GPUs (NVML), CPU package and DRAM
+    /// energy (RAPL), or TPU chips (power estimated from the duty cycle the TPU runtime
+    /// reports; every sample is marked estimated).
     #[arg(long, env = "OFFPEAK_AGENT_SOURCE", value_enum, default_value = "sim")]
     source: Source,
     /// The scheduler's gRPC address.
@@ -64,6 +66,29 @@ struct Args {
     /// name no pod.
     #[arg(long, env = "OFFPEAK_AGENT_POD_RESOURCES_SOCKET")]
     pod_resources_socket: Option<PathBuf>,
+    /// The TPU runtime's metrics service (libtpu's RuntimeMetricService, served by the TPU
+    /// workload's process) (--source tpu). The agent must be able to reach it: same network
+    /// namespace (hostNetwork) or the workload pod's address.
+    #[arg(long, env = "OFFPEAK_AGENT_TPU_METRICS_ADDR", default_value = DEFAULT_TPU_ADDR)]
+    tpu_metrics_addr: String,
+    /// The TPU generation of this node's chips (--source tpu; required there). Power is
+    /// estimated with that generation's per-chip profile.
+    #[arg(long, env = "OFFPEAK_AGENT_TPU_GENERATION", value_enum)]
+    tpu_generation: Option<Generation>,
+    /// A chip's draw at 0 % TensorCore duty cycle, in watts (--source tpu). Required for
+    /// generations without published figures (v5e, v5p, v6e); replaces the published figure
+    /// for v4. Measure it on your hardware.
+    #[arg(long, env = "OFFPEAK_AGENT_TPU_IDLE_WATTS")]
+    tpu_idle_watts: Option<f64>,
+    /// A chip's draw at 100 % TensorCore duty cycle, in watts (--source tpu); as
+    /// --tpu-idle-watts.
+    #[arg(long, env = "OFFPEAK_AGENT_TPU_BUSY_WATTS")]
+    tpu_busy_watts: Option<f64>,
+    /// The node's TPU chips, as runtime device ids 0..N (--source tpu). With it the agent
+    /// registers at once, before any TPU workload runs; without it, it waits for the runtime
+    /// to say which chips it has.
+    #[arg(long, env = "OFFPEAK_AGENT_TPU_CHIPS")]
+    tpu_chips: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -71,6 +96,26 @@ enum Source {
     Sim,
     Nvml,
     Rapl,
+    Tpu,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Generation {
+    V4,
+    V5e,
+    V5p,
+    V6e,
+}
+
+impl From<Generation> for TpuGeneration {
+    fn from(g: Generation) -> Self {
+        match g {
+            Generation::V4 => Self::V4,
+            Generation::V5e => Self::V5e,
+            Generation::V5p => Self::V5p,
+            Generation::V6e => Self::V6e,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -126,6 +171,17 @@ async fn main() -> anyhow::Result<()> {
         Source::Rapl => SourceKind::Rapl {
             root: args.powercap_root,
         },
+        Source::Tpu => {
+            let generation = args
+                .tpu_generation
+                .context("--source tpu needs --tpu-generation (v4, v5e, v5p or v6e)")?;
+            SourceKind::Tpu(TpuConfig {
+                idle_watts: args.tpu_idle_watts,
+                busy_watts: args.tpu_busy_watts,
+                chips: args.tpu_chips,
+                ..TpuConfig::new(args.tpu_metrics_addr, generation.into())
+            })
+        }
     };
     let config = AgentConfig {
         uplink: UplinkConfig {

@@ -237,6 +237,7 @@ impl NvmlSource {
             memory_clock_mhz: optional(gpu.clock_info(NvmlClock::Memory), "memory clock")?,
             power_limit_watts: optional(gpu.power_management_limit(), "power limit")?
                 .map(milliwatts_to_watts),
+            memory: None,
             work_done: None,
         })
     }

@@ -225,6 +225,7 @@ impl PowerSource for RaplSource {
             sm_clock_mhz: None,
             memory_clock_mhz: None,
             power_limit_watts: None,
+            memory: None,
             work_done: None,
         })
     }

@@ -26,6 +26,7 @@ use crate::rapl::RaplSource;
 use crate::sampler::Sampler;
 use crate::sim::{PowerProfile, SimConfig, SimulatedSource};
 use crate::source::PowerSource;
+use crate::tpu::{TpuConfig, TpuSource};
 
 /// Fitted curves ride along every this many batches: once a minute at the default 1 s
 /// interval, often enough for the planner, rare enough to cost nothing on the wire.
@@ -104,9 +105,10 @@ impl<S: PowerSource> Agent<S> {
         self.link.agent_id.borrow().clone()
     }
 
-    /// Samples every device and hands the batch to the uplink (with the curves, every
-    /// `curves_every` batches).
+    /// Samples every device (after refreshing the source) and hands the batch to the uplink
+    /// (with the curves, every `curves_every` batches).
     pub async fn tick(&mut self) -> Result<(), ClientError> {
+        self.sampler.source_mut().refresh().await;
         let samples = self.sampler.sample();
         self.batches += 1;
         let curves = if self.batches.is_multiple_of(self.curves_every) {
@@ -198,6 +200,7 @@ impl<S: PowerSource> Agent<S> {
         for r in &restored {
             self.sampler.limit_changed(&r.device_uuid);
         }
+        self.sampler.source_mut().refresh().await;
         let last = SampleBatch {
             samples: self.sampler.sample(),
             curves: self.sampler.curves(),
@@ -226,7 +229,7 @@ impl<S: PowerSource> Agent<S> {
 }
 
 /// Where readings come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum SourceKind {
     /// Simulated GPUs playing a bundled Zeus profile.
     Sim {
@@ -238,6 +241,8 @@ pub enum SourceKind {
     Nvml { library: Option<PathBuf> },
     /// CPU package and DRAM energy from the powercap tree under `root`.
     Rapl { root: PathBuf },
+    /// TPU chips, power estimated from the duty cycle their runtime reports.
+    Tpu(TpuConfig),
 }
 
 /// Which bundled profile the simulated source plays.
@@ -267,6 +272,8 @@ pub async fn run(
     let span = info_span!("agent", node = %config.uplink.node);
     async move {
         let clock: Arc<dyn Clock> = Arc::new(MonotonicClock::new());
+        tokio::pin!(shutdown);
+        let shutdown = shutdown.as_mut();
         let stopped = match &config.source {
             SourceKind::Sim {
                 profile,
@@ -301,11 +308,36 @@ pub async fn run(
                     RaplSource::new(root, Arc::clone(&clock)).map_err(ClientError::StartSource)?;
                 forget_source(drive(source, &clock, &config, shutdown).await?)
             }
+            SourceKind::Tpu(tpu) => {
+                let mut shutdown = shutdown;
+                let started = TpuSource::start(tpu, Arc::clone(&clock), shutdown.as_mut())
+                    .await
+                    .map_err(ClientError::StartSource)?;
+                match started {
+                    Some(source) => forget_source(drive(source, &clock, &config, shutdown).await?),
+                    None => {
+                        info!("stopped while waiting for the TPU runtime; nothing was sampled");
+                        stopped_before_start()
+                    }
+                }
+            }
         };
         Ok(stopped)
     }
     .instrument(span)
     .await
+}
+
+/// What [`run`] returns when it is stopped before its source started.
+fn stopped_before_start() -> Stopped<()> {
+    Stopped {
+        source: (),
+        uplink: UplinkReport::default(),
+        link: LinkReport::default(),
+        restored: Vec::new(),
+        commands_applied: 0,
+        commands_failed: 0,
+    }
 }
 
 fn forget_source<S>(s: Stopped<S>) -> Stopped<()> {

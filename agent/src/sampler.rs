@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use offpeak_proto::v1::{self as wire, Device, PodRef, Sample};
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::curve::{CurveRecorder, CurveStore};
 use crate::source::{DeviceInfo, PowerSource, Provenance, Reading};
@@ -19,6 +19,10 @@ pub struct Sampler<S> {
     curves: CurveRecorder,
     /// The pod using each device (by UUID), from the kubelet's pod-resources API.
     pods: HashMap<String, PodRef>,
+    /// Devices whose last reading failed, with the error: a device failing the same way every
+    /// tick (a TPU node between workloads has no runtime to ask) is logged when it starts and
+    /// when it stops, not once a second.
+    failing: HashMap<usize, String>,
 }
 
 impl<S: PowerSource> Sampler<S> {
@@ -29,6 +33,7 @@ impl<S: PowerSource> Sampler<S> {
             unix_origin_ms,
             curves: CurveRecorder::new(),
             pods: HashMap::new(),
+            failing: HashMap::new(),
         }
     }
 
@@ -75,10 +80,19 @@ impl<S: PowerSource> Sampler<S> {
             let reading = match reading {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!(error = %e, "reading a device failed; its sample is left out");
+                    let error = e.to_string();
+                    if self.failing.get(&device) == Some(&error) {
+                        debug!(%error, "reading a device failed again; its sample is left out");
+                    } else {
+                        warn!(%error, "reading a device failed; its sample is left out (repeats of this error are logged at debug level)");
+                        self.failing.insert(device, error);
+                    }
                     continue;
                 }
             };
+            if self.failing.remove(&device).is_some() {
+                info!(device = %reading.device_uuid, "reading the device works again");
+            }
             if let (Some(info), Some(workload)) = (
                 self.source.devices().get(device),
                 self.source.workload(device),

@@ -508,6 +508,7 @@ impl PowerSource for SimulatedSource {
             sm_clock_mhz: Some(sm_clock_mhz),
             memory_clock_mhz: Some(config.memory_clock_mhz),
             power_limit_watts: Some(gpu.limit_watts),
+            memory: None,
             work_done: Some(gpu.work_units),
         })
     }

@@ -1,7 +1,9 @@
 //! The power-source abstraction: what a device is, what one reading of it says, and the errors
-//! a source reports. The NVML, RAPL and simulated sources implement [`PowerSource`].
+//! a source reports. The NVML, RAPL, TPU and simulated sources implement [`PowerSource`].
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -17,6 +19,8 @@ pub enum DeviceKind {
     Dram,
     /// The whole platform (RAPL `psys`), or another RAPL zone.
     Platform,
+    /// A TPU chip: its power is estimated from its duty cycle, and it has no settable limit.
+    Tpu,
 }
 
 /// Where a number came from. The ledger bills measured energy; estimated and simulated
@@ -81,16 +85,33 @@ pub struct Reading {
     pub memory_clock_mhz: Option<u32>,
     /// The power limit in force, where the device has one.
     pub power_limit_watts: Option<f64>,
+    /// Device memory in use and in total, where the source reports it (TPU HBM).
+    pub memory: Option<MemoryUse>,
     /// Work done since the source started, in the workload's own unit (epochs, samples),
     /// where the source knows it. Accelerators do not report it (the simulator does, and a
     /// profile run's job would); with it the agent fits throughput against power limit.
     pub work_done: Option<f64>,
 }
 
+/// Device memory in use against its capacity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryUse {
+    pub used_bytes: u64,
+    pub total_bytes: u64,
+}
+
 /// Something that reads the power of the devices on this node and may set their limits.
 pub trait PowerSource {
     /// The devices this source found, in a fixed order; `device` arguments index into it.
     fn devices(&self) -> &[DeviceInfo];
+
+    /// Brings the source's view of its devices up to date before a round of reads. `read` is
+    /// synchronous; a source whose devices answer over the network (the TPU runtime's metrics
+    /// service) asks them here, once per round, and its reads then use that answer. Sources
+    /// that read their devices directly (NVML, RAPL, the simulator) need nothing.
+    fn refresh(&mut self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 
     /// Reads one device once.
     fn read(&mut self, device: usize) -> Result<Reading, SourceError>;
@@ -156,6 +177,10 @@ pub enum ReadFailure {
     },
     #[error("{what}: {detail}")]
     Driver { what: &'static str, detail: String },
+    /// The TPU runtime's metrics gave nothing usable for the device (shared by every device of
+    /// one failed answer, hence the `Arc`).
+    #[error(transparent)]
+    TpuRuntime(Arc<crate::tpu::TpuMetricsError>),
 }
 
 /// Why setting a power limit failed.

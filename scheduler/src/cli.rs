@@ -8,6 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::jobs::{self, JobsArgs};
 use crate::ledger::{self, LedgerLocation};
 use crate::planner::{Policy, PolicyKind};
 use crate::report::{self, ReportArgs, ReportFormat, WrittenReport};
@@ -38,6 +39,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// A month of the energy ledger for finance (CSV, FOCUS-shaped CSV or HTML).
     Report(ReportArgs),
+    /// Submit, watch and cancel jobs on a running scheduler's placement API.
+    Jobs(JobsArgs),
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -106,6 +109,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => Ok(service::serve_until_stopped(&args)?),
+        Command::Jobs(args) => jobs::run(&args),
         Command::Report(args) => {
             let text = report::run(&args)?;
             if args.out.is_none() {

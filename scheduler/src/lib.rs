@@ -9,7 +9,7 @@
 //! - [`schedule`]: the schedule file and its pricing (the checker's formulas);
 //! - [`summary`]: the figures `offpeak simulate` prints;
 //! - [`ledger`]: the append-only energy ledger (metered energy per job per slot, priced), on
-//!   SQLite;
+//!   SQLite or PostgreSQL;
 //! - [`report`]: monthly reports from the ledger (CSV, FOCUS-shaped CSV, HTML) in a reporting
 //!   time zone;
 //! - [`validate`]: checks a schedule against every rule of the spec;
@@ -17,9 +17,11 @@
 //!   operator, the same planner as the simulator, committed runs persisted);
 //! - [`service`]: `offpeak serve`: the gRPC service agents stream samples to (registry,
 //!   energy metering from counter deltas, replay de-duplication) and the admin HTTP port;
+//! - [`jobs`]: `offpeak jobs`, a command-line client of the placement API;
 //! - [`cli`]: the `offpeak` command line (the binary only parses and calls into it).
 
 pub mod cli;
+pub mod jobs;
 pub mod ledger;
 pub mod placement;
 pub mod planner;

@@ -14,7 +14,7 @@ use offpeak_scheduler::sim;
 use offpeak_scheduler::units::{GramsPerKwh, PricePerMwh};
 
 /// The schema version the migrations bring a ledger to.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 fn cents(x: f64) -> i64 {
     (x * 100.0).round() as i64

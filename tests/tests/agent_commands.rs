@@ -281,10 +281,7 @@ async fn curves_streamed_by_agents_come_out_as_planner_profiles() -> anyhow::Res
         .curves
         .profile(key.0, key.1)
         .context("no profile from the agents' curves")?;
-    assert_eq!(
-        got.name,
-        "tesla v100 (simulated)/imagenet/resnet50/b256/adadelta"
-    );
+    assert_eq!(got.name, "v100/imagenet/resnet50/b256/adadelta");
     let limits: Vec<f64> = got.points.iter().map(|p| p.power_limit.value()).collect();
     assert_eq!(limits, vec![100.0, 175.0, 250.0]);
     let full = profile.curve.at(250.0).context("no 250 W point")?;

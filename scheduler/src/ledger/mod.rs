@@ -34,9 +34,12 @@
 //! mapping; [`UNASSIGNED`] without one) and the tariff period its price came from ([`SPOT`]
 //! for market prices, which is all a scenario's signals are).
 //!
-//! Not here yet: records from the agents' counter deltas (which will name their zone's tariff
-//! period with [`tariff_period`]); a scenario's zones are priced at spot.
+//! Live records: [`live`] turns the energy the node agents metered on a live job's pods into
+//! records (source [`live::LIVE_SOURCE`], corrections for energy that arrives late, each
+//! naming its zone's tariff period with [`tariff_period`]); `placement::ledger_sink` appends
+//! them from the planning cycle. A scenario's zones are priced at spot.
 
+pub mod live;
 pub mod postgres;
 pub mod record;
 mod schema;
@@ -89,6 +92,8 @@ pub enum LedgerError {
         #[source]
         source: BackendError,
     },
+    #[error("appending the mark of ledger record {record}: {reason}")]
+    AppendMark { record: String, reason: String },
     #[error("querying the ledger")]
     Query {
         #[source]

@@ -9,7 +9,8 @@ use chrono::{DateTime, Utc};
 use postgres::types::ToSql;
 use postgres::{Client, NoTls, Row, Transaction};
 
-use super::schema::{self, Columns, Dialect, MARKET_COLUMNS, RECORD_COLUMNS};
+use super::live::LiveMark;
+use super::schema::{self, Columns, Dialect, MARK_COLUMNS, MARKET_COLUMNS, RECORD_COLUMNS};
 use super::store::{Appended, Batch, LedgerStore, RecordKind, redact_password};
 use super::{Amounts, LedgerError, LedgerRecord, MarketSlot};
 
@@ -184,6 +185,30 @@ fn insert_market(tx: &mut Transaction<'_>, slots: &[MarketSlot]) -> Result<usize
     Ok(usize::try_from(added).unwrap_or(usize::MAX))
 }
 
+fn insert_marks(tx: &mut Transaction<'_>, marks: &[LiveMark]) -> Result<usize, LedgerError> {
+    const WIDTH: usize = MARK_COLUMNS.len();
+    let append = |source: postgres::Error| LedgerError::Append {
+        source: source.into(),
+    };
+    let mut added = 0;
+    for chunk in marks.chunks(ROWS_PER_INSERT) {
+        let mj: Vec<i64> = chunk
+            .iter()
+            .map(schema::mark_mj)
+            .collect::<Result<_, _>>()?;
+        let params: Vec<&(dyn ToSql + Sync)> = chunk
+            .iter()
+            .zip(&mj)
+            .flat_map(|(m, mj)| -> [&(dyn ToSql + Sync); WIDTH] {
+                [&m.record, &m.original, &m.job, &m.start, mj]
+            })
+            .collect();
+        let sql = schema::insert_marks(&schema::placeholders(&DIALECT, chunk.len(), WIDTH));
+        added += tx.execute(sql.as_str(), &params).map_err(append)?;
+    }
+    Ok(usize::try_from(added).unwrap_or(usize::MAX))
+}
+
 /// Reads PostgreSQL's columns for the shared readers; instants are native `TIMESTAMPTZ`.
 impl Columns for Row {
     fn text(&self, i: usize) -> Result<String, LedgerError> {
@@ -228,8 +253,9 @@ impl PostgresLedger {
     }
 }
 
-impl LedgerStore for PostgresLedger {
-    fn append_batch(&mut self, batch: &Batch<'_>) -> Result<Appended, LedgerError> {
+impl PostgresLedger {
+    /// Appends a batch and marks in one transaction.
+    fn append(&mut self, batch: &Batch<'_>, marks: &[LiveMark]) -> Result<Appended, LedgerError> {
         let err = |source: postgres::Error| LedgerError::Append {
             source: source.into(),
         };
@@ -245,8 +271,28 @@ impl LedgerStore for PostgresLedger {
             .map_err(err)?,
             records: insert_records(&mut tx, RecordKind::Metered, batch.records).map_err(err)?,
         };
+        insert_marks(&mut tx, marks)?;
         tx.commit().map_err(err)?;
         Ok(appended)
+    }
+}
+
+impl LedgerStore for PostgresLedger {
+    fn append_batch(&mut self, batch: &Batch<'_>) -> Result<Appended, LedgerError> {
+        self.append(batch, &[])
+    }
+
+    fn append_live(
+        &mut self,
+        batch: &Batch<'_>,
+        marks: &[LiveMark],
+    ) -> Result<Appended, LedgerError> {
+        self.append(batch, marks)
+    }
+
+    fn live_marks(&self, since: DateTime<Utc>) -> Result<Vec<LiveMark>, LedgerError> {
+        let sql = schema::select_marks(&DIALECT);
+        self.query(&sql, &[&since], schema::read_mark)
     }
 
     fn records_of(

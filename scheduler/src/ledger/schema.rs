@@ -4,10 +4,11 @@
 //! text order); [`super::sqlite`] and [`super::postgres`] keep the driver calls.
 //!
 //! Layout: [`Dialect`]; the columns; [`migrations`]; the query builders; [`Columns`] and the
-//! readers built on it ([`read_record`], [`read_market`], [`read_totals`]).
+//! readers built on it ([`read_record`], [`read_market`], [`read_mark`], [`read_totals`]).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
+use super::live::LiveMark;
 use super::store::RecordKind;
 use super::{Amounts, Fixed, LedgerError, LedgerRecord, MarketSlot};
 use crate::units::{GramsPerKwh, PricePerMwh};
@@ -83,8 +84,13 @@ pub(super) const MARKET_COLUMNS: [&str; 6] = [
 ///
 /// Never change what a shipped migration renders (nor [`record_table`], which renders two of
 /// them): a ledger that applied it would not apply it again. Add the next number instead.
-pub(super) fn migrations(d: &Dialect) -> [(i64, String); 3] {
-    let Dialect { time, real, .. } = d;
+pub(super) fn migrations(d: &Dialect) -> [(i64, String); 4] {
+    let Dialect {
+        time,
+        real,
+        integer,
+        ..
+    } = d;
     [
         (
             1,
@@ -112,6 +118,19 @@ pub(super) fn migrations(d: &Dialect) -> [(i64, String); 3] {
     ALTER TABLE ledger_counterfactual ADD COLUMN cost_centre TEXT NOT NULL DEFAULT 'unassigned';
     ALTER TABLE ledger_counterfactual ADD COLUMN tariff_period TEXT NOT NULL DEFAULT 'spot';"
                 .to_string(),
+        ),
+        (
+            4,
+            format!(
+                "CREATE TABLE ledger_live_marks (
+        record_id TEXT PRIMARY KEY REFERENCES ledger_records(id),
+        original_id TEXT NOT NULL REFERENCES ledger_records(id),
+        job TEXT NOT NULL,
+        start_utc {time} NOT NULL,
+        slot_energy_mj {integer} NOT NULL
+    );
+    CREATE INDEX ledger_live_marks_start ON ledger_live_marks(start_utc);"
+            ),
         ),
     ]
 }
@@ -207,6 +226,44 @@ pub(super) fn insert_market(values: &str) -> String {
     format!(
         "INSERT INTO ledger_market ({}) VALUES {values} ON CONFLICT (zone, start_utc) DO NOTHING",
         MARKET_COLUMNS.join(", ")
+    )
+}
+
+/// The columns of `ledger_live_marks` (migration 4), in the order every query writes and reads
+/// them.
+pub(super) const MARK_COLUMNS: [&str; 5] = [
+    "record_id",
+    "original_id",
+    "job",
+    "start_utc",
+    "slot_energy_mj",
+];
+
+/// Inserts the rows of `values` ([`placeholders`]) into `ledger_live_marks`, skipping a record
+/// already marked.
+pub(super) fn insert_marks(values: &str) -> String {
+    format!(
+        "INSERT INTO ledger_live_marks ({}) VALUES {values} ON CONFLICT (record_id) DO NOTHING",
+        MARK_COLUMNS.join(", ")
+    )
+}
+
+/// A mark's millijoules as the `BIGINT` column holds them; beyond `i64` (2.5e9 kWh in one
+/// slot) is not a reading.
+pub(super) fn mark_mj(m: &LiveMark) -> Result<i64, LedgerError> {
+    i64::try_from(m.slot_energy_mj).map_err(|_| LedgerError::AppendMark {
+        record: m.record.clone(),
+        reason: format!("{} mJ is out of range", m.slot_energy_mj),
+    })
+}
+
+/// The marks of slots starting at or after `$1`, in start, then record order.
+pub(super) fn select_marks(d: &Dialect) -> String {
+    format!(
+        "SELECT {} FROM ledger_live_marks WHERE start_utc >= {}1 ORDER BY start_utc, record_id{}",
+        MARK_COLUMNS.join(", "),
+        d.param,
+        d.byte_order
     )
 }
 
@@ -316,6 +373,24 @@ pub(super) fn read_market(row: &impl Columns) -> Result<MarketSlot, LedgerError>
         carbon_intensity: GramsPerKwh(row.real(4)?),
         currency: row.text(5)?,
         zone,
+    })
+}
+
+/// A row of [`MARK_COLUMNS`].
+pub(super) fn read_mark(row: &impl Columns) -> Result<LiveMark, LedgerError> {
+    let record = row.text(0)?;
+    let mj = row.int(4)?;
+    let slot_energy_mj = u64::try_from(mj).map_err(|_| LedgerError::ReadRecord {
+        id: record.clone(),
+        field: "slot_energy_mj",
+        reason: format!("{mj} is not an amount of energy"),
+    })?;
+    Ok(LiveMark {
+        original: row.text(1)?,
+        job: row.text(2)?,
+        start: row.time(3, "start_utc", || record.clone())?,
+        slot_energy_mj,
+        record,
     })
 }
 

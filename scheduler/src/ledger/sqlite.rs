@@ -7,7 +7,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension as _, Row, Transaction, params};
 
-use super::schema::{self, Columns, Dialect, MARKET_COLUMNS, RECORD_COLUMNS};
+use super::live::LiveMark;
+use super::schema::{self, Columns, Dialect, MARK_COLUMNS, MARKET_COLUMNS, RECORD_COLUMNS};
 use super::store::{Appended, Batch, LedgerStore, RecordKind};
 use super::{Amounts, LedgerError, LedgerRecord, MarketSlot};
 
@@ -199,7 +200,42 @@ fn insert_market(tx: &Transaction<'_>, slots: &[MarketSlot]) -> rusqlite::Result
     Ok(added)
 }
 
+fn insert_marks(tx: &Transaction<'_>, marks: &[LiveMark]) -> Result<usize, LedgerError> {
+    let err = |source: rusqlite::Error| LedgerError::Append {
+        source: source.into(),
+    };
+    let values = schema::placeholders(&DIALECT, 1, MARK_COLUMNS.len());
+    let mut stmt = tx
+        .prepare_cached(&schema::insert_marks(&values))
+        .map_err(err)?;
+    let mut added = 0;
+    for m in marks {
+        let mj = schema::mark_mj(m)?;
+        added += stmt
+            .execute(params![m.record, m.original, m.job, fmt_time(m.start), mj])
+            .map_err(err)?;
+    }
+    Ok(added)
+}
+
 impl SqliteLedger {
+    /// Appends a batch and marks in one transaction.
+    fn append(&mut self, batch: &Batch<'_>, marks: &[LiveMark]) -> Result<Appended, LedgerError> {
+        let err = |source: rusqlite::Error| LedgerError::Append {
+            source: source.into(),
+        };
+        let tx = self.conn.transaction().map_err(err)?;
+        let appended = Appended {
+            market: insert_market(&tx, batch.market).map_err(err)?,
+            counterfactual: insert_records(&tx, RecordKind::Counterfactual, batch.counterfactual)
+                .map_err(err)?,
+            records: insert_records(&tx, RecordKind::Metered, batch.records).map_err(err)?,
+        };
+        insert_marks(&tx, marks)?;
+        tx.commit().map_err(err)?;
+        Ok(appended)
+    }
+
     /// Every row `sql` returns for `params`, each read with `read`.
     fn query<T>(
         &self,
@@ -230,18 +266,20 @@ impl SqliteLedger {
 
 impl LedgerStore for SqliteLedger {
     fn append_batch(&mut self, batch: &Batch<'_>) -> Result<Appended, LedgerError> {
-        let err = |source: rusqlite::Error| LedgerError::Append {
-            source: source.into(),
-        };
-        let tx = self.conn.transaction().map_err(err)?;
-        let appended = Appended {
-            market: insert_market(&tx, batch.market).map_err(err)?,
-            counterfactual: insert_records(&tx, RecordKind::Counterfactual, batch.counterfactual)
-                .map_err(err)?,
-            records: insert_records(&tx, RecordKind::Metered, batch.records).map_err(err)?,
-        };
-        tx.commit().map_err(err)?;
-        Ok(appended)
+        self.append(batch, &[])
+    }
+
+    fn append_live(
+        &mut self,
+        batch: &Batch<'_>,
+        marks: &[LiveMark],
+    ) -> Result<Appended, LedgerError> {
+        self.append(batch, marks)
+    }
+
+    fn live_marks(&self, since: DateTime<Utc>) -> Result<Vec<LiveMark>, LedgerError> {
+        let sql = schema::select_marks(&DIALECT);
+        self.query(&sql, params![fmt_time(since)], |r| schema::read_mark(r))
     }
 
     fn records_of(

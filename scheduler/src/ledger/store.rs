@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 
+use super::live::LiveMark;
 use super::{Amounts, LedgerError, LedgerRecord, MarketSlot, PostgresLedger, SqliteLedger};
 
 /// What one [`LedgerStore::append_batch`] writes, all in one transaction.
@@ -58,6 +59,16 @@ impl RecordKind {
 pub trait LedgerStore: Send + std::fmt::Debug {
     /// Appends a whole batch atomically; returns how many rows of each kind were new.
     fn append_batch(&mut self, batch: &Batch<'_>) -> Result<Appended, LedgerError>;
+    /// Appends a batch of the live cycle and the marks of its metered records (the exact
+    /// energy behind each, [`LiveMark`]), all in one transaction; a mark already stored for
+    /// the same record is skipped.
+    fn append_live(
+        &mut self,
+        batch: &Batch<'_>,
+        marks: &[LiveMark],
+    ) -> Result<Appended, LedgerError>;
+    /// The marks of live records whose slot starts at or after `since`, in start order.
+    fn live_marks(&self, since: DateTime<Utc>) -> Result<Vec<LiveMark>, LedgerError>;
     /// Appends records; a record whose id is already stored is skipped (idempotent replay).
     /// Returns how many were new.
     fn append(&mut self, records: &[LedgerRecord]) -> Result<usize, LedgerError> {

@@ -77,11 +77,10 @@ pub fn measured_first(
 /// The profile a job without one gets on `accelerator`: the first `<accelerator>/...` in name
 /// order.
 pub fn default_profile(profiles: &[Profile], accelerator: &str) -> Option<usize> {
-    let prefix = format!("{accelerator}/");
     profiles
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.name.to_lowercase().starts_with(&prefix))
+        .filter(|(_, p)| profile_accelerator(p).as_deref() == Some(accelerator))
         .min_by(|a, b| a.1.name.cmp(&b.1.name))
         .map(|(i, _)| i)
 }

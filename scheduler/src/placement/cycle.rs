@@ -1,6 +1,7 @@
 //! [`Placement`], the handle the API calls (submit, cancel, get, watch, report), and
-//! [`Cycle`], the task that plans: at every slot boundary of the injected clock, and after
-//! every change (changes arriving within the debounce time are planned together).
+//! [`Cycle`], the task that plans: at every slot boundary of the injected clock, after every
+//! change, and when a zone's signals were refreshed (changes arriving within the debounce time
+//! are planned together).
 //!
 //! A call that changes something returns once a plan that includes the change has been
 //! applied: each change takes a ticket, each cycle publishes the last ticket it covered.
@@ -15,6 +16,9 @@
 //! `Settings::power_check`, and a plan is made again when one could not be applied (so the
 //! job's reason says so). A plan that held a job for its budget is made again at once, on
 //! the capacity it freed.
+//!
+//! With a ledger, each cycle then appends the metered energy of the slots that closed
+//! (`ledger_sink`), off the async threads.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +32,7 @@ use tracing::Instrument as _;
 use super::cluster::{self, NodeSpec, ProfileSource, ZoneSpec};
 use super::feed::{Known, LiveFeed};
 use super::frame::{Frame, FrameInput};
+use super::ledger_sink::LedgerSink;
 use super::metering::Pricer;
 use super::power::Enforcer;
 use super::spec::JobRequest;
@@ -79,10 +84,10 @@ pub struct Placement {
 pub struct Cycle {
     placement: Placement,
     feed: LiveFeed,
-    /// The chains' answer of the current wall slot: (that slot, grid start, signals).
-    cache: Option<(DateTime<Utc>, SlotGrid, BTreeMap<String, Known>)>,
     /// Power limits to the running jobs' devices (none: no command path).
     power: Option<Enforcer>,
+    /// The jobs' metered energy to the ledger (none: no ledger).
+    ledger: Option<LedgerSink>,
 }
 
 impl Placement {
@@ -114,7 +119,8 @@ impl Placement {
         registry.set_meter_slot(config.settings.slot_minutes.saturating_mul(60));
         let power = commands.map(|c| Enforcer::new(c, registry.clone()));
         let state = State::open(config.settings.clone(), config.store.as_deref(), now)?;
-        let feed = LiveFeed::new(&config.signals).map_err(PlacementError::BuildSignals)?;
+        let feed = LiveFeed::new(&config.signals, &config.settings, &config.clock)
+            .map_err(PlacementError::BuildSignals)?;
         let (plans, _) = broadcast::channel(config.settings.watch_buffer.max(1));
         let placement = Placement {
             inner: Arc::new(Inner {
@@ -136,8 +142,8 @@ impl Placement {
         let cycle = Cycle {
             placement: placement.clone(),
             feed,
-            cache: None,
             power,
+            ledger: None,
         };
         Ok((placement, cycle))
     }
@@ -315,6 +321,18 @@ impl PlanWatch {
 }
 
 impl Cycle {
+    /// Appends the jobs' metered energy to a ledger through `sink` (see
+    /// [`super::ledger_sink`]).
+    pub fn with_ledger(mut self, sink: LedgerSink) -> Self {
+        self.ledger = Some(sink);
+        self
+    }
+
+    /// The ledger's counters, if there is a ledger.
+    pub fn ledger_counters(&self) -> Option<&super::ledger_sink::LedgerCounters> {
+        self.ledger.as_ref().map(LedgerSink::counters)
+    }
+
     /// Plans now, then at every slot boundary and after every change, until shut down.
     pub async fn run(mut self) {
         let inner = Arc::clone(&self.placement.inner);
@@ -336,6 +354,8 @@ impl Cycle {
                         _ = stop.wait_for(|s| *s) => break 'plans,
                         _ = inner.clock.sleep_until(next) => break false,
                         _ = inner.wake.notified() => break true,
+                        // New signals (a provider published, or came back): plan on them.
+                        () = self.feed.changed() => break true,
                         _ = power_ticks.tick() => {
                             if self.enforce_power() {
                                 // A limit could not be applied: the plan's reason says so.
@@ -350,6 +370,9 @@ impl Cycle {
                         _ = tokio::time::sleep(inner.settings.debounce) => {}
                     }
                 }
+            }
+            if let Some(ledger) = self.ledger.as_mut() {
+                ledger.finish(inner.clock.now()).await;
             }
             tracing::info!("planning stopped");
         }
@@ -427,7 +450,7 @@ impl Cycle {
         // The runs in progress get their limits before the plans are published, so a failure
         // already known shows in them.
         self.enforce_power();
-        let (changes, again) = match planned {
+        let (changes, again, frame) = match planned {
             Ok((frame, plan)) => {
                 tracing::debug!(
                     at = %at, commit, queued, held, metered, starts = plan.starts.len(),
@@ -436,11 +459,11 @@ impl Cycle {
                 );
                 let mut state = self.placement.state();
                 let changes = state.apply(&frame, &plan, commit, wall);
-                (changes, state.take_replan())
+                (changes, state.take_replan(), Some(frame))
             }
             Err(e) => {
                 tracing::error!(error = %e, "the planner failed; plans are unchanged");
-                (Vec::new(), false)
+                (Vec::new(), false, None)
             }
         };
         for c in changes {
@@ -450,44 +473,26 @@ impl Cycle {
         if !again {
             inner.planned.send_replace(ticket);
         }
+        if let Some(ledger) = self.ledger.as_mut() {
+            // The last append's outcome, what closed since, and the next append, which runs
+            // off the async threads: planning never waits for the ledger.
+            ledger.collect(false).await;
+            let state = self.placement.state();
+            ledger.capture(&state.ledger_facts(), frame.as_ref(), &pricer, wall);
+            drop(state);
+            ledger.flush(wall);
+        }
         (if commit { at + s.slot() } else { at }, again)
     }
 
-    /// The zones' signals for this cycle. Provider chains are asked at most once per wall
-    /// slot (their answers are cut to the new grid in between); fixed rows every time, as what
-    /// counts as known moves with the clock.
+    /// The zones' signals for this cycle: the refreshers' latest snapshots (or the fixed
+    /// rows), cut to what is known at `wall`.
     async fn signals(
         &mut self,
         wall: DateTime<Utc>,
         grid: SlotGrid,
         n: Slot,
     ) -> BTreeMap<String, Known> {
-        if matches!(self.feed, LiveFeed::Table(_)) {
-            return self.feed.fetch(wall, grid, n).await;
-        }
-        let slot = self.placement.inner.settings.floor(wall);
-        if let Some((fetched, old, known)) = &self.cache
-            && *fetched == slot
-            && old.start <= grid.start
-        {
-            let shift = (grid.position(old.start)).abs().round() as usize;
-            return known
-                .iter()
-                .map(|(z, k)| {
-                    let cut = |len: usize| shift.min(len);
-                    (
-                        z.clone(),
-                        Known {
-                            price: k.price[cut(k.price.len())..].to_vec(),
-                            carbon: k.carbon[cut(k.carbon.len())..].to_vec(),
-                            degraded: k.degraded.clone(),
-                        },
-                    )
-                })
-                .collect();
-        }
-        let known = self.feed.fetch(wall, grid, n).await;
-        self.cache = Some((slot, grid, known.clone()));
-        known
+        self.feed.fetch(wall, grid, n).await
     }
 }

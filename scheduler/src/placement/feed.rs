@@ -1,6 +1,12 @@
 //! The live cycle's signals: each zone's price and carbon intensity as known at `now`, on the
-//! cycle's slot grid, from the configured provider chains ([`SignalFeed::Chains`]) or from
-//! files of rows in the scenario CSV format ([`SignalFeed::Table`]).
+//! cycle's slot grid, from the configured provider chains ([`SignalFeed::Chains`], kept fresh
+//! by one [`Refresher`](crate::signals::refresh::Refresher) task per zone, see
+//! [`super::refreshers`]) or from files of rows in the scenario CSV format
+//! ([`SignalFeed::Table`]).
+//!
+//! The cycle never asks a provider itself: it reads each zone's latest snapshot, which its
+//! refresher replaces on the provider's publication schedule and after each retry, and is
+//! woken when one changes ([`LiveFeed::changed`]).
 //!
 //! Only what is known reaches the planner: published or provider-forecast values, up to where
 //! they end. Past that the planner makes its own seasonal estimate, exactly as in a replay, so
@@ -9,14 +15,22 @@
 //! slot.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
 
 use chrono::{DateTime, Duration, Utc};
+use tokio::sync::watch;
 
+use super::refreshers::{RefreshedFeed, Refreshers, ZoneWatch};
+use super::{Clock, Settings};
 use crate::planner::forecast;
 use crate::scenario::SignalRows;
-use crate::signals::chain::{Merged, Origin, ZoneChain};
+use crate::signals::chain::{Merged, Origin};
 use crate::signals::config::SignalsConfig;
-use crate::signals::{DEFAULT_TIMEOUT, HttpFetcher, SignalError, SignalUnit, Window};
+use crate::signals::refresh::ZoneSnapshot;
+use crate::signals::{SignalError, SignalUnit};
 use crate::units::{GramsPerKwh, PricePerMwh, Slot, SlotGrid};
 
 const MINUTES_PER_DAY: u32 = 24 * 60;
@@ -24,8 +38,12 @@ const MINUTES_PER_DAY: u32 = 24 * 60;
 /// Where the live cycle's signals come from.
 #[derive(Debug, Clone)]
 pub enum SignalFeed {
-    /// The zones' provider chains (`offpeak signals`' configuration).
+    /// The zones' provider chains (`offpeak signals`' configuration). The placement starts
+    /// their refreshers itself, on its first cycle, and stops them when its cycle ends.
     Chains(SignalsConfig),
+    /// Refreshers already running (`offpeak serve` starts them with its metrics and its
+    /// shutdown: [`Refreshers::spawn`]).
+    Refreshed(RefreshedFeed),
     /// Fixed rows per zone.
     Table(TableFeed),
 }
@@ -69,32 +87,69 @@ pub struct Known {
     pub degraded: Option<String>,
 }
 
-/// The feed while the service runs (the chains keep their last good series between fetches).
+/// The feed while the service runs.
 #[derive(Debug)]
 pub(crate) enum LiveFeed {
-    Chains(Vec<ZoneChain>),
+    Snapshots(Snapshots),
     Table(TableFeed),
 }
 
+/// The zones' refreshed snapshots.
+#[derive(Debug)]
+pub(crate) struct Snapshots {
+    zones: Vec<Watched>,
+    /// Refreshers this feed runs itself (a placement opened on [`SignalFeed::Chains`]):
+    /// spawned at the first read, so that opening needs no runtime.
+    unstarted: Option<Refreshers>,
+    /// Raised, or dropped with the feed, to stop the refreshers this feed started.
+    stop: Option<watch::Sender<bool>>,
+}
+
+#[derive(Debug)]
+struct Watched {
+    watch: ZoneWatch,
+    /// Its refresher is gone (the sender dropped): no change will come.
+    closed: bool,
+}
+
 impl LiveFeed {
-    /// Builds the chains' sources; fails only when no HTTP client can be made.
-    pub(crate) fn new(feed: &SignalFeed) -> Result<Self, SignalError> {
+    /// Builds the feed; for chains, their refreshers on the placement's grid and clock. Fails
+    /// only when no HTTP client can be made.
+    pub(crate) fn new(
+        feed: &SignalFeed,
+        settings: &Settings,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<Self, SignalError> {
+        let watched = |f: RefreshedFeed| {
+            f.zones
+                .into_iter()
+                .map(|watch| Watched {
+                    watch,
+                    closed: false,
+                })
+                .collect()
+        };
         Ok(match feed {
             SignalFeed::Table(t) => LiveFeed::Table(t.clone()),
+            SignalFeed::Refreshed(f) => LiveFeed::Snapshots(Snapshots {
+                zones: watched(f.clone()),
+                unstarted: None,
+                stop: None,
+            }),
             SignalFeed::Chains(cfg) => {
-                let fetcher = HttpFetcher::new(DEFAULT_TIMEOUT)?;
-                LiveFeed::Chains(
-                    cfg.zones
-                        .iter()
-                        .map(|z| ZoneChain::new(z, &fetcher))
-                        .collect(),
-                )
+                let refreshers = Refreshers::build(cfg, settings, Arc::clone(clock))?;
+                LiveFeed::Snapshots(Snapshots {
+                    zones: watched(refreshers.feed()),
+                    unstarted: Some(refreshers),
+                    stop: Some(watch::Sender::new(false)),
+                })
             }
         })
     }
 
     /// Every zone's known signals over slots `0..n_slots` of `grid`, as of `now`. A zone the
-    /// feed knows nothing about is absent.
+    /// feed knows nothing about is absent. Before a zone's first refresh has finished, waits
+    /// for it (its requests have their timeouts), so that the first plan has every zone.
     pub(crate) async fn fetch(
         &mut self,
         now: DateTime<Utc>,
@@ -112,69 +167,173 @@ impl LiveFeed {
                     )
                 })
                 .collect(),
-            LiveFeed::Chains(chains) => {
-                let window = Window {
-                    from: grid.start,
-                    to: grid.instant(n_slots),
-                };
+            LiveFeed::Snapshots(s) => {
+                s.start();
                 let mut out = BTreeMap::new();
-                for chain in chains {
-                    match chain.fetch(now, window, grid.minutes).await {
-                        Ok(s) => {
-                            let (price, filled_p) = known_values(&s.price, now);
-                            let (carbon, filled_c) = known_values(&s.carbon, now);
-                            let mut why: Vec<String> = s.degraded().into_iter().collect();
-                            if filled_p + filled_c > 0 {
-                                why.push(format!(
-                                    "{} slots without data were given the value before them",
-                                    filled_p + filled_c
-                                ));
-                            }
-                            out.insert(
-                                chain.zone.clone(),
-                                Known {
-                                    price: price.into_iter().map(PricePerMwh).collect(),
-                                    carbon: carbon.into_iter().map(GramsPerKwh).collect(),
-                                    degraded: (!why.is_empty()).then(|| why.join("; ")),
-                                },
-                            );
-                        }
-                        Err(e) => {
-                            tracing::error!(zone = %chain.zone, error = %e, "signal window refused");
-                        }
+                for z in &mut s.zones {
+                    let rx = &mut z.watch.snapshots;
+                    if rx.wait_for(|snap| refreshed(snap)).await.is_err() {
+                        z.closed = true;
                     }
+                    let snap = Arc::clone(&rx.borrow_and_update());
+                    out.insert(
+                        z.watch.zone.clone(),
+                        from_snapshot(&snap, now, grid, n_slots),
+                    );
                 }
                 out
             }
         }
     }
+
+    /// Resolves when a zone's snapshot has changed since it was last read; never for rows
+    /// (what counts as known moves only with the clock, which the cycle follows anyway).
+    pub(crate) async fn changed(&mut self) {
+        let LiveFeed::Snapshots(s) = self else {
+            return std::future::pending().await;
+        };
+        loop {
+            let (i, alive) = {
+                type Change<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+                let mut waits: Vec<(usize, Change<'_>)> = s
+                    .zones
+                    .iter_mut()
+                    .enumerate()
+                    .filter(|(_, z)| !z.closed)
+                    .map(|(i, z)| {
+                        let rx = &mut z.watch.snapshots;
+                        let change: Change<'_> =
+                            Box::pin(async move { rx.changed().await.is_ok() });
+                        (i, change)
+                    })
+                    .collect();
+                if waits.is_empty() {
+                    return std::future::pending().await;
+                }
+                std::future::poll_fn(|cx| {
+                    for (i, w) in &mut waits {
+                        if let Poll::Ready(alive) = w.as_mut().poll(cx) {
+                            return Poll::Ready((*i, alive));
+                        }
+                    }
+                    Poll::Pending
+                })
+                .await
+            };
+            if alive {
+                return;
+            }
+            // Its refresher ended: the zone keeps its last snapshot, and is not watched again.
+            s.zones[i].closed = true;
+        }
+    }
 }
 
-/// The known prefix of a merged series: values from a source, and, where the sources' data
-/// ended before `now` (stale, or a last good series), the chain's seasonal estimate up to
-/// `now`, so that the planner has a recent past to estimate the future from. Gaps are filled
-/// from the value before (the first value for a leading gap). Also returns how many slots
-/// inside the data were filled.
-fn known_values<U: SignalUnit>(m: &Merged<U>, now: DateTime<Utc>) -> (Vec<f64>, usize) {
-    let usable = |s: &crate::signals::chain::Slot<U>| match s.origin {
-        Origin::Missing => None,
-        Origin::Seasonal if s.start >= now => None,
-        _ => s.value,
+impl Snapshots {
+    /// Spawns the refreshers this feed runs itself, once (called from the cycle's task, so
+    /// within its runtime).
+    fn start(&mut self) {
+        if let (Some(r), Some(stop)) = (self.unstarted.take(), &self.stop) {
+            r.spawn(&stop.subscribe());
+        }
+    }
+}
+
+/// Whether both signals of a snapshot have been refreshed at least once.
+fn refreshed(snap: &ZoneSnapshot) -> bool {
+    snap.status.price.last_refresh.is_some() && snap.status.carbon.last_refresh.is_some()
+}
+
+/// A zone's known signals from its latest snapshot: cut to the cycle's grid and to what is
+/// known at `now`, degraded as the refresher found it (each signal's reason, as
+/// `price: ...; carbon: ...`) and where gaps were filled.
+fn from_snapshot(snap: &ZoneSnapshot, now: DateTime<Utc>, grid: SlotGrid, n_slots: Slot) -> Known {
+    let mut why: Vec<String> = [&snap.status.price, &snap.status.carbon]
+        .into_iter()
+        .filter_map(|s| s.degraded.as_ref().map(|r| format!("{}: {r}", s.signal)))
+        .collect();
+    let (Some(price), Some(carbon)) = (&snap.price, &snap.carbon) else {
+        // Never refreshed successfully: the zone is left out of the plan (the frame says so).
+        if why.is_empty() {
+            why.push("no signals yet".to_owned());
+        }
+        return Known {
+            price: Vec::new(),
+            carbon: Vec::new(),
+            degraded: Some(why.join("; ")),
+        };
     };
-    let Some(last) = m.slots.iter().rposition(|s| usable(s).is_some()) else {
+    let (price, filled_p) = known_values(price, now, grid, n_slots);
+    let (carbon, filled_c) = known_values(carbon, now, grid, n_slots);
+    if filled_p + filled_c > 0 {
+        why.push(format!(
+            "{} slots without data were given the value before them",
+            filled_p + filled_c
+        ));
+    }
+    Known {
+        price: price.into_iter().map(PricePerMwh).collect(),
+        carbon: carbon.into_iter().map(GramsPerKwh).collect(),
+        degraded: (!why.is_empty()).then(|| why.join("; ")),
+    }
+}
+
+/// The known prefix of a merged series on slots `0..n_slots` of `grid`: values from a source,
+/// and, where the sources' data ended before `now` (stale, or a last good series), the chain's
+/// seasonal estimate up to `now`, so that the planner has a recent past to estimate the future
+/// from. Gaps are filled from the value before (the first value for a leading gap, which also
+/// covers grid slots before the series starts). Also returns how many slots inside the data
+/// were filled.
+///
+/// The series was fetched at its refresher's last refresh, from that slot's history: it starts
+/// at or before the grid (a later cycle's grid has moved on), and is cut to it here.
+fn known_values<U: SignalUnit>(
+    m: &Merged<U>,
+    now: DateTime<Utc>,
+    grid: SlotGrid,
+    n_slots: Slot,
+) -> (Vec<f64>, usize) {
+    let Some(head) = m.slots.first() else {
         return (Vec::new(), 0);
     };
-    let first = m.slots[..=last]
-        .iter()
-        .find_map(usable)
+    if m.slot_minutes != grid.minutes {
+        // The refreshers are built on the placement's grid; this cannot happen, and guessing
+        // values on another grid would be silently wrong.
+        tracing::error!(zone = %m.zone, signal = %m.kind, series = m.slot_minutes, grid = grid.minutes, "signal series on another slot grid: ignored");
+        return (Vec::new(), 0);
+    }
+    let step = i64::from(grid.minutes) * 60;
+    let offset = (grid.start - head.start).num_seconds().div_euclid(step);
+    let on_grid = |i: i64| {
+        usize::try_from(offset + i)
+            .ok()
+            .and_then(|j| m.slots.get(j))
+    };
+    let usable = |s: Option<&crate::signals::chain::Slot<U>>| {
+        let s = s?;
+        match s.origin {
+            Origin::Missing => None,
+            Origin::Seasonal if s.start >= now => None,
+            _ => s.value,
+        }
+    };
+    let n = i64::from(n_slots);
+    let Some(last) = (0..n)
+        .take_while(|i| offset + i < m.slots.len() as i64)
+        .filter(|i| usable(on_grid(*i)).is_some())
+        .last()
+    else {
+        return (Vec::new(), 0);
+    };
+    let first = (0..=last)
+        .find_map(|i| usable(on_grid(i)))
         .map_or(0.0, U::to_f64);
     let mut prev = first;
     let mut seen = false;
     let mut filled = 0;
-    let values = m.slots[..=last]
-        .iter()
-        .map(|s| {
-            match usable(s) {
+    let values = (0..=last)
+        .map(|i| {
+            match usable(on_grid(i)) {
                 Some(v) => {
                     prev = v.to_f64();
                     seen = true;

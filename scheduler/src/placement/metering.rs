@@ -63,16 +63,26 @@ impl Pricer<'_> {
         slot_start: DateTime<Utc>,
         energy_mj: u64,
     ) -> Option<(Money, KgCo2e)> {
-        let (pue, known) = self.zones.get(zone)?;
+        let (pue, _) = self.zones.get(zone)?;
+        let (price, carbon) = self.signals(zone, slot_start)?;
+        let facility = KilowattHours(energy_mj as f64 / MJ_PER_KWH * pue);
+        Some((facility * price, facility * carbon))
+    }
+
+    /// The price and carbon intensity of `zone` over the slot starting at `slot_start`, if
+    /// known here.
+    pub fn signals(
+        &self,
+        zone: &str,
+        slot_start: DateTime<Utc>,
+    ) -> Option<(PricePerMwh, GramsPerKwh)> {
+        let (_, known) = self.zones.get(zone)?;
         let offset = (slot_start - self.grid.start).num_minutes();
         if offset < 0 {
             return None;
         }
         let i = usize::try_from(offset / i64::from(self.grid.minutes)).ok()?;
-        let price: PricePerMwh = *known.price.get(i)?;
-        let carbon: GramsPerKwh = *known.carbon.get(i)?;
-        let facility = KilowattHours(energy_mj as f64 / MJ_PER_KWH * pue);
-        Some((facility * price, facility * carbon))
+        Some((*known.price.get(i)?, *known.carbon.get(i)?))
     }
 }
 

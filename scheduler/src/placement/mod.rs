@@ -8,12 +8,16 @@
 //! - [`cluster`]: zones, nodes (configured, overlaid by the agents' registry) and power
 //!   profiles ([`ProfileSource`]);
 //! - [`feed`]: the zones' signals as known now, from provider chains or CSV rows;
+//! - [`refreshers`]: one signal refresher task per zone of the provider chains, on the
+//!   placement's clock, whose latest snapshots the feed reads;
 //! - [`frame`]: one planning instant, owned, lending the policy its [`Snapshot`];
 //! - [`state`]: the jobs, their committed runs and their plans; applying a policy's
 //!   plan (runs that start are committed and never moved); holds;
 //! - [`budget`]: the monthly budget rule and the user's hold, in words;
 //! - [`metering`]: a job's energy as the agents metered it on its worker pods, priced per
 //!   zone and slot;
+//! - [`ledger_sink`]: that energy appended to the ledger once each slot is closed, with the
+//!   counterfactual of each job that succeeded (`offpeak serve --ledger`);
 //! - [`power`]: power limits sent to the devices a running job's pods use;
 //! - `view`: a job's plan as published: phase, next run, reason, estimates of cost, carbon
 //!   and saving, metered energy, degraded signals;
@@ -33,8 +37,10 @@ pub mod cycle;
 pub mod feed;
 pub mod frame;
 pub mod grpc;
+pub mod ledger_sink;
 pub mod metering;
 pub mod power;
+pub mod refreshers;
 pub mod spec;
 pub mod state;
 pub mod store;

@@ -84,9 +84,28 @@ pub struct ClusterView {
     pub profiles: Vec<String>,
 }
 
-/// Normalises an accelerator or device model name for comparison ("V100" and "v100" match).
+/// Accelerator families a device model name is reduced to, so that what NVML reports ("Tesla
+/// V100-SXM2-32GB", "NVIDIA H100 80GB HBM3") matches what users write in a job or a profile
+/// ("v100", "h100"). Longer names first where one family's name contains another's.
+const ACCELERATOR_FAMILIES: [&str; 16] = [
+    "gh200", "h200", "h100", "h800", "b200", "b100", "a100", "a800", "a40", "a30", "a10g", "l40s",
+    "l40", "v100", "t4", "l4",
+];
+
+/// Normalises an accelerator or device model name for comparison: lower case, and reduced to
+/// its family when it names a known one as a word ("Tesla V100 (simulated)", "V100" and "v100"
+/// all give "v100"); other names are kept whole, lower-cased.
 pub fn accelerator_name(s: &str) -> String {
-    s.trim().to_lowercase()
+    let lower = s.trim().to_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| !c.is_ascii_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .collect();
+    ACCELERATOR_FAMILIES
+        .iter()
+        .find(|f| words.contains(f))
+        .map(|f| (*f).to_owned())
+        .unwrap_or(lower)
 }
 
 impl JobRequest {
@@ -264,6 +283,21 @@ fn list<'a>(names: impl Iterator<Item = &'a String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn device_models_reduce_to_their_accelerator_family() {
+        for (model, family) in [
+            ("Tesla V100-SXM2-32GB", "v100"),
+            ("Tesla V100 (simulated)", "v100"),
+            ("NVIDIA H100 80GB HBM3", "h100"),
+            ("NVIDIA A100-SXM4-40GB", "a100"),
+            ("NVIDIA L40S", "l40s"),
+            ("V100", "v100"),
+            (" tpu-v5e ", "tpu-v5e"),
+        ] {
+            assert_eq!(accelerator_name(model), family, "{model}");
+        }
+    }
 
     fn cluster() -> ClusterView {
         ClusterView {

@@ -108,6 +108,12 @@ impl Metrics {
         );
     }
 
+    /// Registers the signal refreshers' gauges and counters (`offpeak_signal_degraded`, ...)
+    /// and returns them for the refreshers to record in.
+    pub fn register_signals(&mut self) -> crate::signals::refresh::SignalMetrics {
+        crate::signals::refresh::register_metrics(&mut self.registry)
+    }
+
     /// Counts a curve taken, or refused for `reason`.
     pub fn curve(&self, rejected: Option<&'static str>) {
         match rejected {

@@ -67,7 +67,8 @@ pub struct CurveKey {
 impl CurveKey {
     /// The planner's profile name: `<accelerator>/<workload>`.
     pub fn profile_name(&self) -> String {
-        format!("{}/{}", self.model.trim().to_lowercase(), self.workload)
+        let accelerator = crate::placement::spec::accelerator_name(&self.model);
+        format!("{accelerator}/{}", self.workload)
     }
 }
 
@@ -234,7 +235,7 @@ mod tests {
         let p = store
             .profile("Tesla V100", "resnet50")
             .ok_or(CurveRejection::NoPoints)?;
-        assert_eq!(p.name, "tesla v100/resnet50");
+        assert_eq!(p.name, "v100/resnet50");
         assert_eq!(
             p.points,
             vec![

@@ -13,7 +13,9 @@
 //! - [`store`]: the registry's SQLite persistence (`offpeak serve --state FILE`);
 //! - the placement API ([`crate::placement`]) on the same gRPC listener, when configured, with
 //!   its planning cycle running beside the servers (it meters jobs from the registry's
-//!   per-pod energy and sends running jobs' power limits through the [`CommandCenter`]);
+//!   per-pod energy and sends running jobs' power limits through the [`CommandCenter`]) and,
+//!   when its signals come from provider chains, one signal refresher task per zone, whose
+//!   metrics are on `/metrics` and which stop with the service;
 //! - here: [`ServiceConfig`], [`bind`] / [`Bound::serve`] and [`run`], which bind both
 //!   listeners, report the bound addresses and shut both down gracefully.
 
@@ -225,6 +227,9 @@ pub struct Bound {
     curves: CurveStore,
     reports: Option<reports_http::Reports>,
     placement: Option<(crate::placement::Placement, crate::placement::Cycle)>,
+    metrics: Metrics,
+    /// Raised to stop the servers and the signal refreshers (dropping it does too).
+    stop: watch::Sender<bool>,
 }
 
 /// Binds the gRPC and admin listeners.
@@ -241,10 +246,27 @@ pub async fn bind(config: ServiceConfig) -> Result<Bound, ServiceError> {
             addr: config.admin_addr,
             source,
         })?;
+    let mut metrics = Metrics::new();
+    metrics.register_commands(config.commands.counters());
+    let stop = watch::Sender::new(false);
     let placement = match config.placement {
         Some(mut p) => {
             p.profiles =
                 crate::placement::cluster::measured_first(config.curves.clone(), p.profiles);
+            if let crate::placement::SignalFeed::Chains(chains) = &p.signals {
+                p.signals = crate::placement::SignalFeed::Refreshed(
+                    crate::placement::refreshers::Refreshers::build(
+                        chains,
+                        &p.settings,
+                        Arc::clone(&p.clock),
+                    )
+                    .map_err(|e| {
+                        ServiceError::Placement(crate::placement::PlacementError::BuildSignals(e))
+                    })?
+                    .with_metrics(&metrics.register_signals())
+                    .spawn(&stop.subscribe()),
+                );
+            }
             Some(
                 crate::placement::Placement::open_with_commands(
                     p,
@@ -270,6 +292,8 @@ pub async fn bind(config: ServiceConfig) -> Result<Bound, ServiceError> {
         curves: config.curves,
         reports: config.reports,
         placement,
+        metrics,
+        stop,
     })
 }
 
@@ -285,11 +309,10 @@ impl Bound {
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServiceError> {
         let span = info_span!("serve", grpc = %self.addrs.grpc, admin = %self.addrs.admin);
         async move {
-            let mut metrics = Metrics::new();
-            metrics.register_commands(self.commands.counters());
-            let metrics = Arc::new(metrics);
+            let metrics = Arc::new(self.metrics);
             let ready = Arc::new(AtomicBool::new(false));
-            let (stop_tx, stop_rx) = watch::channel(false);
+            let stop_rx = self.stop.subscribe();
+            let stop_tx = self.stop;
             let service = grpc::AgentServiceImpl::new(
                 self.registry.clone(),
                 self.commands.clone(),

@@ -40,9 +40,20 @@ use super::sources::{CarbonProvider, PriceProvider};
 use super::{Publication, SignalProvider, SignalUnit, Window};
 use crate::units::{GramsPerKwh, PricePerMwh};
 
-/// Where the refresher reads the time from.
+/// A future a [`Clock`] resolves.
+pub type Wait<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>;
+
+/// Where the refresher reads the time from, and how it waits for an instant.
 pub trait Clock: fmt::Debug + Send + Sync {
     fn now(&self) -> DateTime<Utc>;
+
+    /// Resolves once [`Clock::now`] has reached `at`. By default a tokio sleep for the time
+    /// left, which suits clocks that move with tokio's; a clock moved by hand (the placement
+    /// cycle's `ManualClock`, through its adapter) wakes its sleepers itself.
+    fn sleep_until(&self, at: DateTime<Utc>) -> Wait<'_> {
+        let left = (at - self.now()).to_std().unwrap_or_default();
+        Box::pin(tokio::time::sleep(left))
+    }
 }
 
 /// The system's wall clock.
@@ -133,6 +144,9 @@ pub struct RefreshSettings {
     pub slot_minutes: u32,
     /// Each fetch covers from the current slot to this far ahead.
     pub horizon: Duration,
+    /// ... and from this far before the current slot (rounded up to whole slots): the recent
+    /// past a planner's seasonal estimate reads. Zero by default.
+    pub history: Duration,
     pub policy: RetryPolicy,
     /// Seeds the jitter; give each replica its own (the default is taken from the time).
     pub seed: u64,
@@ -143,6 +157,7 @@ impl RefreshSettings {
         Self {
             slot_minutes,
             horizon: DEFAULT_HORIZON,
+            history: Duration::zero(),
             policy: RetryPolicy::default(),
             seed: Utc::now().timestamp_nanos_opt().unwrap_or_default() as u64,
         }
@@ -446,34 +461,41 @@ impl Refresher {
         Ok(done)
     }
 
-    /// Refreshes on schedule until `shutdown` resolves.
+    /// Refreshes on schedule until `shutdown` resolves, waiting on the refresher's clock.
     pub async fn run(mut self, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
+        let clock = Arc::clone(&self.clock);
         loop {
             if let Err(e) = self.refresh_due().await {
                 // The window is built from the settings, so this is a configuration mistake;
-                // keep trying on the retry schedule rather than spinning.
+                // keep trying on the retry schedule rather than spinning, and say so to the
+                // subscribers, who may be waiting for a first snapshot.
                 tracing::error!(zone = %self.zone, error = %e, "signal refresh impossible");
-                let retry = self.clock.now() + self.settings.policy.max;
-                self.price.status.next_refresh = retry;
-                self.carbon.status.next_refresh = retry;
+                let now = clock.now();
+                let retry = now + self.settings.policy.max;
+                for status in [&mut self.price.status, &mut self.carbon.status] {
+                    status.next_refresh = retry;
+                    status.last_refresh = Some(now);
+                    status.degraded = Some(format!("the refresh is impossible: {e}"));
+                    status.degraded_since.get_or_insert(now);
+                }
+                self.publish();
             }
-            let wait = (self.next_due() - self.clock.now())
-                .to_std()
-                .unwrap_or_default();
             tokio::select! {
                 () = &mut shutdown => return,
-                () = tokio::time::sleep(wait) => {}
+                () = clock.sleep_until(self.next_due()) => {}
             }
         }
     }
 
     fn window(&self, now: DateTime<Utc>) -> Window {
         let slot_s = i64::from(self.settings.slot_minutes.max(1)) * 60;
-        let from_ts = now.timestamp().div_euclid(slot_s) * slot_s;
-        let from = DateTime::from_timestamp(from_ts, 0).unwrap_or(now);
+        let start_ts = now.timestamp().div_euclid(slot_s) * slot_s;
+        let start = DateTime::from_timestamp(start_ts, 0).unwrap_or(now);
+        let back = self.settings.history.num_seconds().max(0);
+        let from = start - Duration::seconds((back + slot_s - 1).div_euclid(slot_s) * slot_s);
         let span = self.settings.horizon.num_seconds().max(slot_s);
-        let to = from + Duration::seconds(span.div_euclid(slot_s) * slot_s);
+        let to = start + Duration::seconds(span.div_euclid(slot_s) * slot_s);
         Window { from, to }
     }
 

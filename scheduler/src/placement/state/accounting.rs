@@ -1,11 +1,13 @@
 //! The state's accounting: each job's metered energy and its namespace's month-to-date cost,
-//! the budget rule and the holds, and the power limits of the runs in progress.
+//! the budget rule and the holds, the power limits of the runs in progress, and what the
+//! ledger reads of each job (`placement::ledger_sink`).
 
 use chrono::{DateTime, Utc};
 
-use super::{LiveJob, State};
+use super::{Ending, LiveJob, State};
 use crate::placement::budget;
 use crate::placement::frame::Frame;
+use crate::placement::ledger_sink::JobFacts;
 use crate::placement::metering::{self, Pricer};
 use crate::placement::power::{ActiveRun, Failures};
 use crate::placement::store::MeteredSlot;
@@ -72,6 +74,20 @@ impl State {
             tracing::warn!(error = %e, "could not record metered energy");
         }
         changed.len()
+    }
+
+    /// What the ledger reads of every job: its spec, metered slots, whether it succeeded and
+    /// the zone of its first run.
+    pub fn ledger_facts(&self) -> Vec<JobFacts<'_>> {
+        self.jobs
+            .values()
+            .map(|j| JobFacts {
+                spec: &j.spec,
+                metered: &j.metered,
+                succeeded: matches!(j.ending, Some((Ending::Succeeded, _))),
+                first_zone: j.runs.first().map(|r| r.zone.as_str()),
+            })
+            .collect()
     }
 
     /// The runs in progress at `wall`, for their power limits.
