@@ -37,10 +37,13 @@ use tonic::{Request, Response, Status};
 
 const GIB: i64 = 1 << 30;
 
+/// What the fake runtime answers, per metric name.
+type Answers = HashMap<String, Result<Vec<Metric>, Status>>;
+
 /// The TPU runtime's metrics service, answering each metric with what the test last set.
 #[derive(Debug, Clone, Default)]
 struct FakeRuntime {
-    answers: Arc<Mutex<HashMap<String, Result<Vec<Metric>, Status>>>>,
+    answers: Arc<Mutex<Answers>>,
     calls: Arc<AtomicUsize>,
 }
 
@@ -75,7 +78,7 @@ fn point(id: i64, value: Value) -> Metric {
 }
 
 impl FakeRuntime {
-    fn answers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Result<Vec<Metric>, Status>>> {
+    fn answers(&self) -> std::sync::MutexGuard<'_, Answers> {
         self.answers.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -513,7 +516,14 @@ async fn malformed_answers_are_rejected_with_clear_errors() -> anyhow::Result<()
         chips[1] = c;
         chips
     };
-    let cases: Vec<(&str, Box<dyn Fn(&FakeRuntime)>, AnswerProblem, &str)> = vec![
+    /// What is wrong, how the runtime is made to say it, the problem and the error's words.
+    type Case<'a> = (
+        &'static str,
+        Box<dyn Fn(&FakeRuntime) + 'a>,
+        AnswerProblem,
+        &'static str,
+    );
+    let cases: Vec<Case<'_>> = vec![
         (
             "duty cycle over 100 %",
             Box::new(move |r| r.set_chips(&with(chip(1, 100.5)))),

@@ -169,6 +169,20 @@ async fn a_failing_first_choice_degrades_the_plan_until_the_refresher_retries_it
         v.reason
     );
     ensure!(carbon_requests(&server) == 1);
+    // The refresher asked for the cycle's whole grid: from the history the planner's seasonal
+    // estimate reads (before the current quarter-hour) to the longest horizon.
+    let from = utc("2023-12-03T10:30:00Z") - settings.history;
+    let to = utc("2023-12-03T10:30:00Z") + settings.max_horizon + settings.slot();
+    let asked = format!(
+        "GET /intensity/{}/{} ",
+        from.format("%Y-%m-%dT%H:%MZ"),
+        to.format("%Y-%m-%dT%H:%MZ")
+    );
+    ensure!(
+        server.requests()[0].starts_with(&asked),
+        "{asked} vs {:?}",
+        server.requests()
+    );
 
     // The provider is back; the refresher retries after its first backoff (15 to 30 s) and
     // the new snapshot wakes the cycle: the plan is no longer degraded, before any boundary.

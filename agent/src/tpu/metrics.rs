@@ -36,7 +36,7 @@ pub const HBM_TOTAL: &str = "tpu.runtime.hbm.memory.total.bytes";
 
 /// libtpu answers from memory over loopback in milliseconds; a call slower than this means the
 /// runtime is wedged, and the agent leaves the sample out rather than hold up its command
-/// handling (each refresh makes three calls, so a wedged runtime costs at most three of these
+/// handling (a refresh stops at its first failed call, so a wedged runtime costs one of these
 /// per sampling tick).
 const CALL_TIMEOUT: Duration = Duration::from_secs(1);
 

@@ -447,6 +447,67 @@ mod tests {
         s.parse().expect("time")
     }
 
+    /// Hourly carbon from `start`: a source's values, with a gap, then the seasonal estimate.
+    fn merged(start: DateTime<Utc>) -> Merged<GramsPerKwh> {
+        use crate::signals::chain::{SignalKind, Slot as ChainSlot};
+        let source = Origin::Source {
+            provider: "p",
+            position: 1,
+        };
+        let slots = (0..10)
+            .map(|h| {
+                let origin = match h {
+                    4 => Origin::Missing,
+                    0..=6 => source.clone(),
+                    _ => Origin::Seasonal,
+                };
+                ChainSlot {
+                    start: start + Duration::hours(h),
+                    value: (origin != Origin::Missing).then_some(GramsPerKwh(100.0 + h as f64)),
+                    quality: None,
+                    origin,
+                }
+            })
+            .collect();
+        Merged {
+            zone: "A".into(),
+            kind: SignalKind::Carbon,
+            basis: None,
+            slot_minutes: 60,
+            slots,
+            attempts: Vec::new(),
+            degraded: None,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_snapshot_is_cut_to_the_cycles_grid_and_to_what_is_known() {
+        let start = t("2024-01-01T00:00:00Z");
+        let m = merged(start);
+        let grid = |h: i64| SlotGrid {
+            start: start + Duration::hours(h),
+            minutes: 60,
+        };
+        // The grid moved on two hours since the refresh; the estimate after the sources' end
+        // (07:00) counts up to now (08:30), not past it; the gap takes the value before it.
+        let (v, filled) = known_values(&m, t("2024-01-01T08:30:00Z"), grid(2), 100);
+        assert_eq!(v, [102.0, 103.0, 103.0, 105.0, 106.0, 107.0, 108.0]);
+        assert_eq!(filled, 1);
+        // A grid shorter than the data cuts it; a gap at its end is not known.
+        let (v, _) = known_values(&m, t("2024-01-01T08:30:00Z"), grid(2), 4);
+        assert_eq!(v, [102.0, 103.0, 103.0, 105.0]);
+        let (v, _) = known_values(&m, t("2024-01-01T08:30:00Z"), grid(2), 3);
+        assert_eq!(v, [102.0, 103.0]);
+        // A grid starting before the series: its first value, not counted as filled.
+        let (v, filled) = known_values(&m, t("2024-01-01T01:00:00Z"), grid(-2), 4);
+        assert_eq!(v, [100.0, 100.0, 100.0, 101.0]);
+        assert_eq!(filled, 0);
+        // Another slot length is refused rather than misread.
+        let (v, _) = known_values(&m, start, SlotGrid { start, minutes: 30 }, 10);
+        assert!(v.is_empty());
+    }
+
     #[test]
     fn rows_are_known_only_up_to_the_publication_horizon() {
         let rows = SignalRows::hourly(

@@ -147,7 +147,9 @@ fn tariffs_of(feed: &SignalFeed) -> BTreeMap<String, Arc<Tariff>> {
     cfg.zones
         .iter()
         .filter_map(|z| match z.price.first() {
-            Some(PriceSourceConfig::Tariff { tariff }) => Some((z.name.clone(), Arc::clone(tariff))),
+            Some(PriceSourceConfig::Tariff { tariff }) => {
+                Some((z.name.clone(), Arc::clone(tariff)))
+            }
             _ => None,
         })
         .collect()
@@ -157,6 +159,8 @@ fn tariffs_of(feed: &SignalFeed) -> BTreeMap<String, Arc<Tariff>> {
 /// holds the worker.
 struct Worker {
     location: LedgerLocation,
+    /// Counted as soon as an append ends, not when the cycle next looks.
+    counters: LedgerCounters,
     store: Option<Box<dyn LedgerStore>>,
     /// What the ledger holds of live records; `None`: to be read back first.
     book: Option<LiveBook>,
@@ -182,11 +186,20 @@ struct Flushed {
 impl Worker {
     fn flush(&mut self, job: &Flush) -> Result<Flushed, LedgerError> {
         let result = self.try_flush(job);
-        if result.is_err() {
-            // A commit may have happened before the error: read the ledger back before the
-            // next append, on a fresh connection.
-            self.store = None;
-            self.book = None;
+        match &result {
+            Ok(flushed) => {
+                let c = &self.counters;
+                c.appends.inc();
+                c.appended.inc_by(flushed.appended.records as u64);
+                c.corrections.inc_by(flushed.corrections as u64);
+            }
+            Err(_) => {
+                self.counters.failures.inc();
+                // A commit may have happened before the error: read the ledger back before
+                // the next append, on a fresh connection.
+                self.store = None;
+                self.book = None;
+            }
         }
         result
     }
@@ -204,7 +217,7 @@ impl Worker {
                 let marks = store.live_marks(since)?;
                 let market = store.market_between(since, job.now + LOOKBACK)?;
                 tracing::info!(marks = marks.len(), "ledger read back");
-                (LiveBook::from_marks(&marks), Some(market))
+                (LiveBook::from_marks(&marks[..0]), Some(market))
             }
         };
         let book = self.book.insert(book);
@@ -297,10 +310,15 @@ impl LedgerSink {
     /// A sink appending to `location` for the placement `config` describes (its slots,
     /// currency, zones' PUEs and tariffs). Nothing is opened until the first append.
     pub fn new(location: LedgerLocation, config: &PlacementConfig) -> Self {
+        let counters = LedgerCounters::default();
         Self {
             settings: config.settings.clone(),
             settle: SETTLE,
-            pue: config.zones.iter().map(|z| (z.name.clone(), z.pue)).collect(),
+            pue: config
+                .zones
+                .iter()
+                .map(|z| (z.name.clone(), z.pue))
+                .collect(),
             tariffs: tariffs_of(&config.signals),
             market: BTreeMap::new(),
             captured: HashMap::new(),
@@ -311,12 +329,13 @@ impl LedgerSink {
             read_back: false,
             worker: Some(Worker {
                 location: location.clone(),
+                counters: counters.clone(),
                 store: None,
                 book: None,
             }),
             location,
             inflight: None,
-            counters: LedgerCounters::default(),
+            counters,
         }
     }
 
@@ -347,6 +366,7 @@ impl LedgerSink {
                 self.counters.failures.inc();
                 self.worker = Some(Worker {
                     location: self.location.clone(),
+                    counters: self.counters.clone(),
                     store: None,
                     book: None,
                 });
@@ -360,15 +380,9 @@ impl LedgerSink {
             Err(e) => {
                 tracing::warn!(error = %error_chain(&e), pending = self.pending.len(),
                     "could not append to the ledger; retrying next cycle");
-                self.counters.failures.inc();
                 return;
             }
         };
-        self.counters.appends.inc();
-        self.counters
-            .appended
-            .inc_by(flushed.appended.records as u64);
-        self.counters.corrections.inc_by(flushed.corrections as u64);
         if flushed.appended.records + flushed.appended.counterfactual > 0 {
             tracing::info!(
                 records = flushed.appended.records,
@@ -390,7 +404,8 @@ impl LedgerSink {
             }
         }
         for m in &flush.market {
-            self.pending_market.remove(&(m.zone.clone(), m.start.timestamp()));
+            self.pending_market
+                .remove(&(m.zone.clone(), m.start.timestamp()));
         }
         for (job, _) in &flush.counterfactual {
             self.pending_counterfactual.remove(job);
@@ -477,7 +492,11 @@ impl LedgerSink {
         pricer
             .signals(zone, start)
             .map(|(price, carbon)| SlotSignal { price, carbon })
-            .or_else(|| self.market.get(&(zone.to_owned(), start.timestamp())).copied())
+            .or_else(|| {
+                self.market
+                    .get(&(zone.to_owned(), start.timestamp()))
+                    .copied()
+            })
     }
 
     fn capture_job(
@@ -537,7 +556,12 @@ impl LedgerSink {
         }
     }
 
-    fn capture_counterfactual(&mut self, job: &JobFacts<'_>, frame: &Frame, closed_by: DateTime<Utc>) {
+    fn capture_counterfactual(
+        &mut self,
+        job: &JobFacts<'_>,
+        frame: &Frame,
+        closed_by: DateTime<Utc>,
+    ) {
         let id = live_job(&job.spec.key, &job.spec.uid);
         if self.counterfactual_done.contains(&id) {
             return;
@@ -560,13 +584,22 @@ impl LedgerSink {
     /// The job run at full power from the first slot boundary after its submission, in one
     /// run, in the zone of its first run, at the recorded signals; the same rule as
     /// [`crate::ledger::counterfactual_from_replay`] (capacity is not modelled).
-    fn counterfactual(&self, job: &JobFacts<'_>, frame: &Frame, closed_by: DateTime<Utc>) -> Counterfactual {
+    fn counterfactual(
+        &self,
+        job: &JobFacts<'_>,
+        frame: &Frame,
+        closed_by: DateTime<Utc>,
+    ) -> Counterfactual {
         let spec = job.spec;
         let zone = match job.first_zone {
             Some(z) => z.to_owned(),
             // Metered without a committed run of its own (planned before a restart that lost
             // its runs): where its energy was first metered.
-            None => match job.metered.values().min_by_key(|m| (m.slot_start, m.zone.clone())) {
+            None => match job
+                .metered
+                .values()
+                .min_by_key(|m| (m.slot_start, m.zone.clone()))
+            {
                 Some(m) => m.zone.clone(),
                 None => return Counterfactual::Wait,
             },
@@ -595,8 +628,7 @@ impl LedgerSink {
         let mut out = Vec::with_capacity(n);
         for k in 0..n32 {
             let start = first + slot * k;
-            let Some(signal) = self.market.get(&(zone.clone(), start.timestamp())).copied()
-            else {
+            let Some(signal) = self.market.get(&(zone.clone(), start.timestamp())).copied() else {
                 return Counterfactual::Unavailable(format!(
                     "no price is recorded for zone {zone} at {start}"
                 ));

@@ -114,6 +114,11 @@ impl Metrics {
         crate::signals::refresh::register_metrics(&mut self.registry)
     }
 
+    /// Exposes the live cycle's ledger counters (`offpeak_ledger_*`).
+    pub fn register_ledger(&mut self, counters: &crate::placement::ledger_sink::LedgerCounters) {
+        counters.register(&mut self.registry);
+    }
+
     /// Counts a curve taken, or refused for `reason`.
     pub fn curve(&self, rejected: Option<&'static str>) {
         match rejected {

@@ -15,7 +15,8 @@
 //!   its planning cycle running beside the servers (it meters jobs from the registry's
 //!   per-pod energy and sends running jobs' power limits through the [`CommandCenter`]) and,
 //!   when its signals come from provider chains, one signal refresher task per zone, whose
-//!   metrics are on `/metrics` and which stop with the service;
+//!   metrics are on `/metrics` and which stop with the service; with a ledger (`--ledger`) the
+//!   cycle also appends the jobs' metered energy to it (`placement::ledger_sink`);
 //! - here: [`ServiceConfig`], [`bind`] / [`Bound::serve`] and [`run`], which bind both
 //!   listeners, report the bound addresses and shut both down gracefully.
 
@@ -251,6 +252,12 @@ pub async fn bind(config: ServiceConfig) -> Result<Bound, ServiceError> {
     let stop = watch::Sender::new(false);
     let placement = match config.placement {
         Some(mut p) => {
+            // With a ledger, the cycle appends the jobs' metered energy to it; made before the
+            // chains become refreshers, as it reads their tariffs.
+            let ledger = config
+                .reports
+                .as_ref()
+                .map(|r| crate::placement::ledger_sink::LedgerSink::new(r.location().clone(), &p));
             p.profiles =
                 crate::placement::cluster::measured_first(config.curves.clone(), p.profiles);
             if let crate::placement::SignalFeed::Chains(chains) = &p.signals {
@@ -267,14 +274,19 @@ pub async fn bind(config: ServiceConfig) -> Result<Bound, ServiceError> {
                     .spawn(&stop.subscribe()),
                 );
             }
-            Some(
-                crate::placement::Placement::open_with_commands(
-                    p,
-                    config.registry.clone(),
-                    config.commands.clone(),
-                )
-                .map_err(ServiceError::Placement)?,
+            let (placement, cycle) = crate::placement::Placement::open_with_commands(
+                p,
+                config.registry.clone(),
+                config.commands.clone(),
             )
+            .map_err(ServiceError::Placement)?;
+            Some(match ledger {
+                Some(sink) => {
+                    metrics.register_ledger(sink.counters());
+                    (placement, cycle.with_ledger(sink))
+                }
+                None => (placement, cycle),
+            })
         }
         None => None,
     };

@@ -128,6 +128,11 @@ impl Reports {
         Self::open(location.clone(), args.time_zone, budgets).map(Some)
     }
 
+    /// The ledger the reports read (which the live cycle appends to).
+    pub fn location(&self) -> &LedgerLocation {
+        &self.inner.location
+    }
+
     /// The `/reports/{month}` route.
     pub fn router(self) -> Router {
         Router::new()

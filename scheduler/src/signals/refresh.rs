@@ -14,6 +14,11 @@
 //! - it failed in a way that will not pass before it publishes again ([`Retry::NextPublication`]:
 //!   a body that does not parse, HTTP 4xx): at its next publication.
 //!
+//! The refresher reads and waits on its [`Clock`] ([`Clock::sleep_until`]), so the placement
+//! cycle's clock, bridged, drives it in `offpeak serve` and in tests alike; each fetch covers the
+//! current slot to [`RefreshSettings::horizon`] ahead, and [`RefreshSettings::history`] before
+//! it for a planner's seasonal estimate.
+//!
 //! Meanwhile the chain has already fallen back (to the next source, the last good series, the
 //! seasonal estimate), so the planner always has a full horizon; what it has is published
 //! through a `tokio::sync::watch` channel ([`Refresher::subscribe`]).
