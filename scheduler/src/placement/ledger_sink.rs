@@ -217,7 +217,7 @@ impl Worker {
                 let marks = store.live_marks(since)?;
                 let market = store.market_between(since, job.now + LOOKBACK)?;
                 tracing::info!(marks = marks.len(), "ledger read back");
-                (LiveBook::from_marks(&marks[..0]), Some(market))
+                (LiveBook::from_marks(&marks), Some(market))
             }
         };
         let book = self.book.insert(book);
