@@ -126,17 +126,16 @@ impl Live {
             .with_signals(TableFeed::new(None).zone(ZONE, rows))
             .with_store(dir.join("placement.sqlite"));
         let registry = NodeRegistry::open(&dir.join("state.sqlite"))?;
+        let time_zone = offpeak_scheduler::report::parse_time_zone("UTC")?;
         let bound = service::bind(ServiceConfig {
             grpc_addr: "127.0.0.1:0".parse()?,
             admin_addr: "127.0.0.1:0".parse()?,
             commands: CommandCenter::new(registry.clone()),
             curves: service::CurveStore::new(),
             registry: registry.clone(),
-            reports: Some(Reports::open(
-                ledger.location.clone(),
-                offpeak_scheduler::report::parse_time_zone("UTC")?,
-                Vec::new(),
-            )?),
+            reports: Some(blocking(|| {
+                Reports::open(ledger.location.clone(), time_zone, Vec::new())
+            })?),
             placement: Some(placement),
         })
         .await?;
@@ -248,14 +247,27 @@ fn nano_kwh(mj: u64) -> i64 {
     i64::try_from((i128::from(mj) * 5 + 9) / 18).expect("in range")
 }
 
+/// Runs synchronous database code (the `postgres` client runs a runtime of its own, which
+/// may not start, nor close a connection, on an async thread).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+/// The ledger's records of `kind` for the job, on a connection of their own.
+fn records_of(ledger: &TestLedger, kind: RecordKind) -> anyhow::Result<Vec<LedgerRecord>> {
+    blocking(|| {
+        let store = ledger.open()?;
+        Ok(store
+            .records_of(kind, t0(), t0() + chrono::Duration::days(1))?
+            .into_iter()
+            .filter(|r| r.job == KEY)
+            .collect())
+    })
+}
+
 /// The ledger's live metered records of the job.
 fn job_records(ledger: &TestLedger) -> anyhow::Result<Vec<LedgerRecord>> {
-    let store = ledger.open()?;
-    Ok(store
-        .records_of(RecordKind::Metered, t0(), t0() + chrono::Duration::days(1))?
-        .into_iter()
-        .filter(|r| r.job == KEY)
-        .collect())
+    records_of(ledger, RecordKind::Metered)
 }
 
 fn it_total(records: &[LedgerRecord]) -> i64 {
@@ -329,17 +341,17 @@ async fn late_replay(live: &Live) -> anyhow::Result<u64> {
         }),
         ..Sample::default()
     };
-    let batches = [(1, sample(0, 5_000_000)), (2, sample(6, 5_000_000 + DELTA_MJ))].map(
-        |(sequence, s)| SampleBatch {
-            agent_id: agent_id.clone(),
-            sequence,
-            samples: vec![s],
-            curves: vec![],
-        },
-    );
-    agents
-        .stream_samples(tokio_stream::iter(batches))
-        .await?;
+    let batches = [
+        (1, sample(0, 5_000_000)),
+        (2, sample(6, 5_000_000 + DELTA_MJ)),
+    ]
+    .map(|(sequence, s)| SampleBatch {
+        agent_id: agent_id.clone(),
+        sequence,
+        samples: vec![s],
+        curves: vec![],
+    });
+    agents.stream_samples(tokio_stream::iter(batches)).await?;
     Ok(DELTA_MJ)
 }
 
@@ -373,10 +385,16 @@ fn job_energy(now: &Energy, baseline: &Energy) -> u64 {
 }
 
 async fn live_ledger_scenario(backend: &Backend) -> anyhow::Result<()> {
-    let ledger = backend.fresh()?;
+    let ledger = blocking(|| backend.fresh())?;
+    let result = scenario_on(&ledger).await;
+    blocking(|| drop(ledger));
+    result
+}
+
+async fn scenario_on(ledger: &TestLedger) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let clock = ManualClock::new(t0());
-    let live = Live::start(&ledger, dir.path(), clock.clone()).await?;
+    let live = Live::start(ledger, dir.path(), clock.clone()).await?;
     // node-a and node-b run the job's two workers on both their GPUs; node-c's GPU runs a pod
     // of a job the scheduler does not know, whose energy must not be the job's.
     let mut agents = Vec::new();
@@ -432,7 +450,7 @@ async fn live_ledger_scenario(backend: &Backend) -> anyhow::Result<()> {
 
     // Both slots closed (22:30 + 5 min): one record each, exactly the counters' energy.
     clock.set(at("2023-11-14T22:36:00Z"));
-    let records = wait_for_ledger(&ledger, first_mj).await?;
+    let records = wait_for_ledger(ledger, first_mj).await?;
     let starts: Vec<String> = records.iter().map(|r| r.start.to_rfc3339()).collect();
     ensure!(
         starts == ["2023-11-14T22:00:00+00:00", "2023-11-14T22:15:00+00:00"],
@@ -470,13 +488,9 @@ async fn live_ledger_scenario(backend: &Backend) -> anyhow::Result<()> {
     ensure!(last_mj > first_mj, "no late energy");
     wait_until_metered(|| metered(&live.registry), last_mj).await?;
     clock.set(at("2023-11-14T22:46:00Z"));
-    let records = wait_for_ledger(&ledger, last_mj).await?;
-    let corrections: Vec<&LedgerRecord> =
-        records.iter().filter(|r| r.corrects.is_some()).collect();
-    ensure!(
-        records.len() == 3 && corrections.len() == 1,
-        "{records:#?}"
-    );
+    let records = wait_for_ledger(ledger, last_mj).await?;
+    let corrections: Vec<&LedgerRecord> = records.iter().filter(|r| r.corrects.is_some()).collect();
+    ensure!(records.len() == 3 && corrections.len() == 1, "{records:#?}");
     ensure!(
         corrections[0].corrects.as_deref()
             == Some("live|ml/train#uid-train|DE-LU|2023-11-14T22:15:00Z")
@@ -510,27 +524,29 @@ async fn live_ledger_scenario(backend: &Backend) -> anyhow::Result<()> {
     // submitted again, and more late energy for the 22:15 slot (another node's agent replaying
     // its buffer): exactly one more record, a correction of exactly that energy, as the
     // restarted scheduler read back what the ledger held.
-    let before = job_records(&ledger)?;
-    let live = Live::start(&ledger, dir.path(), clock.clone()).await?;
+    let before = job_records(ledger)?;
+    let live = Live::start(ledger, dir.path(), clock.clone()).await?;
     // Metered before the job is known again, so that its first view after the restart
     // already holds the late energy.
     let replayed_mj = late_replay(&live).await?;
     wait_until_metered(|| metered(&live.registry), last_mj + replayed_mj).await?;
     live.submit().await?;
     clock.set(at("2023-11-14T23:01:00Z"));
-    let after = wait_for_ledger(&ledger, last_mj + replayed_mj).await?;
+    let after = wait_for_ledger(ledger, last_mj + replayed_mj).await?;
     let new: Vec<&LedgerRecord> = after.iter().filter(|r| !before.contains(r)).collect();
     ensure!(
         after.len() == before.len() + 1
             && new.len() == 1
             && new[0].corrects.as_deref()
                 == Some("live|ml/train#uid-train|DE-LU|2023-11-14T22:15:00Z")
-            && new[0].amounts.it_kwh.0
-                == nano_kwh(last_mj + replayed_mj) - nano_kwh(last_mj),
+            && new[0].amounts.it_kwh.0 == nano_kwh(last_mj + replayed_mj) - nano_kwh(last_mj),
         "{new:#?}"
     );
     let appended = live.metric("offpeak_ledger_records_appended_total").await?;
-    ensure!(appended == 1, "{appended} records appended after the restart");
+    ensure!(
+        appended == 1,
+        "{appended} records appended after the restart"
+    );
 
     // The job succeeds: once its counterfactual's five slots (1 h of work at 0.9 of full
     // speed, from 22:00) are closed, it is recorded, and the report has a saving.
@@ -546,9 +562,7 @@ async fn live_ledger_scenario(backend: &Backend) -> anyhow::Result<()> {
     clock.set(at("2023-11-14T23:21:00Z"));
     let deadline = tokio::time::Instant::now() + PATIENCE;
     let counterfactual = loop {
-        let cf: Vec<LedgerRecord> = ledger
-            .open()?
-            .records_of(RecordKind::Counterfactual, t0(), t0() + chrono::Duration::days(1))?;
+        let cf = records_of(ledger, RecordKind::Counterfactual)?;
         if !cf.is_empty() {
             break cf;
         }
@@ -576,9 +590,12 @@ async fn live_ledger_scenario(backend: &Backend) -> anyhow::Result<()> {
     );
     // Every slot was taken in again before the counterfactual (in the same cycle or an
     // earlier one), and none was appended twice.
-    ensure!(job_records(&ledger)? == after, "the records changed");
+    ensure!(job_records(ledger)? == after, "the records changed");
     let appended = live.metric("offpeak_ledger_records_appended_total").await?;
-    ensure!(appended == 1, "{appended} records appended after the restart");
+    ensure!(
+        appended == 1,
+        "{appended} records appended after the restart"
+    );
     live.stop().await
 }
 

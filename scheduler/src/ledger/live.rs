@@ -36,9 +36,6 @@ pub const LIVE_COUNTERFACTUAL_SOURCE: &str = "counterfactual/live";
 /// its cost and carbon are zero, and this name says why.
 pub const UNPRICED: &str = "unpriced";
 
-/// Millijoules in a kilowatt-hour.
-const MJ_PER_KWH: f64 = 3.6e9;
-
 /// The ledger's job of a live job: its key (`namespace/name`), as the report shows it.
 /// Two objects of the same name (a deleted and re-created job) share it; their records do not
 /// share ids ([`live_job`] tells them apart).
@@ -281,11 +278,6 @@ pub fn priced(gpu_hours: f64, it_kwh: f64, pue: f64, signal: SlotSignal) -> Amou
     }
 }
 
-/// Millijoules as kWh, for display and pricing (never for the ledger's IT totals).
-pub fn kwh(mj: u64) -> f64 {
-    mj as f64 / MJ_PER_KWH
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,12 +320,13 @@ mod tests {
     #[test]
     fn a_jobs_records_add_up_to_its_millijoules_exactly_whatever_the_order() {
         let mut book = LiveBook::default();
-        // Three slots of awkward sizes (none a multiple of 3.6 mJ), then late energy for the
-        // first: each append is rounded, the job's total never is.
+        // Three slots of awkward sizes (none a multiple of 3.6 mJ; rounded one by one the last
+        // two would be a nano-kWh each, 2 in all, where their 4 mJ are 1.1), then late energy
+        // for the first: each record is rounded, the job's total never is.
         let first = [
             slot("2024-01-01T00:00:00Z", 1_000_000_001),
-            slot("2024-01-01T00:15:00Z", 7),
-            slot("2024-01-01T00:30:00Z", 5),
+            slot("2024-01-01T00:15:00Z", 2),
+            slot("2024-01-01T00:30:00Z", 2),
         ];
         let (records, marks) = book.entries(&first);
         assert_eq!(records.len(), 3);
@@ -354,11 +347,11 @@ mod tests {
             .chain(&corrections)
             .map(|r| r.amounts.it_kwh)
             .sum();
-        assert_eq!(all, nano_kwh(1_000_000_012 + 7 + 5));
-        assert_eq!(book.job_total("ml/a#u1"), 1_000_000_024);
+        assert_eq!(all, nano_kwh(1_000_000_012 + 2 + 2));
+        assert_eq!(book.job_total("ml/a#u1"), 1_000_000_016);
         // A smaller figure (an older view) changes nothing.
         assert!(
-            book.entries(&[slot("2024-01-01T00:15:00Z", 3)])
+            book.entries(&[slot("2024-01-01T00:15:00Z", 1)])
                 .0
                 .is_empty()
         );

@@ -474,9 +474,8 @@ impl Cycle {
             inner.planned.send_replace(ticket);
         }
         if let Some(ledger) = self.ledger.as_mut() {
-            // The last append's outcome, what closed since, and the next append, which runs
-            // off the async threads: planning never waits for the ledger.
-            ledger.collect(false).await;
+            // What closed since is queued; the writer appends it off the async threads, so
+            // planning never waits for the ledger.
             let state = self.placement.state();
             ledger.capture(&state.ledger_facts(), frame.as_ref(), &pricer, wall);
             drop(state);

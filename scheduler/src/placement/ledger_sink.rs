@@ -13,21 +13,27 @@
 //! the cycle still reads the slot's signals (its history, three days); after that it is
 //! recorded [`UNPRICED`](crate::ledger::live::UNPRICED), its energy kept.
 //!
-//! Off the planning path: the records are computed on the cycle (cheap), and appended by a
-//! blocking task that owns the ledger connection, one append at a time; the cycle never waits
-//! for it. A failed append is logged, counted (`offpeak_ledger_append_failures_total`) and
-//! retried by the next cycle with everything still pending; the connection is opened afresh
-//! and what the ledger holds is read back first, so a commit that was in doubt is never
-//! appended twice. Restarts: what the ledger holds is read back ([`LiveBook`]) before the
-//! first append, so the slots of the jobs submitted again are compared with it and only what
-//! is new is appended.
+//! Off the planning path: the cycle computes what closed (cheap) and queues it; one blocking
+//! task at a time ([`writer`]) owns the ledger connection and appends everything queued in one
+//! transaction, again while more was queued meanwhile. The cycle never waits for it. A failed
+//! append is logged, counted (`offpeak_ledger_append_failures_total`) and retried by the next
+//! cycle with everything still queued; the connection is opened afresh and what the ledger
+//! holds is read back first, so a commit that was in doubt is never appended twice. Restarts:
+//! what the ledger holds is read back (a `LiveBook`: the exact energy behind each record)
+//! before the first append, so the slots of the jobs submitted again are compared with it and
+//! only what is new is appended.
+//!
+//! Layout: here the counters, what is taken from each cycle ([`LedgerSink::capture`]: market
+//! slots, metered slots, counterfactuals) and the hand-over to [`writer`].
 //!
 //! Not covered: the energy of a job forgotten (`done_retention` after it ended) while the
 //! ledger was unreachable *and* the scheduler restarted in between; it stays in the placement
 //! store. A counterfactual whose slots' prices are no longer known (the job waited longer than
 //! the ledger's market slots reach back, e.g. it was submitted before the first scheduler
 //! with this ledger started) is not written: that is logged and counted
-//! (`offpeak_ledger_counterfactual_unavailable_total`), and the job has no saving.
+//! (`offpeak_ledger_counterfactual_unavailable_total`). Nor has a job that failed or was
+//! cancelled one (as in a replay, only completed jobs have one). The report then has no
+//! counterfactual for such a job's lines, so its saving there reads as minus its cost.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -37,7 +43,6 @@ use chrono::{DateTime, Duration, Utc};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use tokio::task::JoinHandle;
 
 use super::feed::SignalFeed;
 use super::frame::Frame;
@@ -45,16 +50,16 @@ use super::metering::{JobMetered, Pricer, namespace_of};
 use super::spec::JobSpec;
 use super::{PlacementConfig, Settings};
 use crate::ledger::live::{
-    self, LIVE_COUNTERFACTUAL_SOURCE, LiveBook, LiveSlot, SlotSignal, live_counterfactual_id,
-    live_job, live_record_id,
+    self, LIVE_COUNTERFACTUAL_SOURCE, LiveSlot, SlotSignal, live_counterfactual_id, live_job,
+    live_record_id,
 };
-use crate::ledger::{
-    Appended, Batch, LedgerError, LedgerLocation, LedgerRecord, LedgerStore, MarketSlot,
-    UNASSIGNED, tariff_period,
-};
+use crate::ledger::{LedgerLocation, LedgerRecord, MarketSlot, UNASSIGNED, tariff_period};
 use crate::planner::context::slots_needed;
 use crate::signals::config::PriceSourceConfig;
 use crate::signals::tariff::Tariff;
+use writer::Writer;
+
+mod writer;
 
 /// How long after a slot's end its samples are taken to be in: agents send a batch every few
 /// seconds and retry a lost connection at most every 30 s; five minutes also covers a short
@@ -155,98 +160,6 @@ fn tariffs_of(feed: &SignalFeed) -> BTreeMap<String, Arc<Tariff>> {
         .collect()
 }
 
-/// The ledger connection and what it holds, owned by whichever side (cycle or blocking task)
-/// holds the worker.
-struct Worker {
-    location: LedgerLocation,
-    /// Counted as soon as an append ends, not when the cycle next looks.
-    counters: LedgerCounters,
-    store: Option<Box<dyn LedgerStore>>,
-    /// What the ledger holds of live records; `None`: to be read back first.
-    book: Option<LiveBook>,
-}
-
-/// One append's content.
-struct Flush {
-    now: DateTime<Utc>,
-    slots: Vec<LiveSlot>,
-    market: Vec<MarketSlot>,
-    /// By job.
-    counterfactual: Vec<(String, Vec<LedgerRecord>)>,
-}
-
-/// What one append did.
-struct Flushed {
-    appended: Appended,
-    corrections: usize,
-    /// Market slots read back from the ledger (when the book was).
-    read_market: Option<Vec<MarketSlot>>,
-}
-
-impl Worker {
-    fn flush(&mut self, job: &Flush) -> Result<Flushed, LedgerError> {
-        let result = self.try_flush(job);
-        match &result {
-            Ok(flushed) => {
-                let c = &self.counters;
-                c.appends.inc();
-                c.appended.inc_by(flushed.appended.records as u64);
-                c.corrections.inc_by(flushed.corrections as u64);
-            }
-            Err(_) => {
-                self.counters.failures.inc();
-                // A commit may have happened before the error: read the ledger back before
-                // the next append, on a fresh connection.
-                self.store = None;
-                self.book = None;
-            }
-        }
-        result
-    }
-
-    fn try_flush(&mut self, job: &Flush) -> Result<Flushed, LedgerError> {
-        let store = match self.store.take() {
-            Some(s) => s,
-            None => self.location.open()?,
-        };
-        let store = self.store.insert(store);
-        let (book, read_market) = match self.book.take() {
-            Some(b) => (b, None),
-            None => {
-                let since = job.now - BOOK_WINDOW;
-                let marks = store.live_marks(since)?;
-                let market = store.market_between(since, job.now + LOOKBACK)?;
-                tracing::info!(marks = marks.len(), "ledger read back");
-                (LiveBook::from_marks(&marks), Some(market))
-            }
-        };
-        let book = self.book.insert(book);
-        let (records, marks) = book.entries(&job.slots);
-        let counterfactual: Vec<LedgerRecord> = job
-            .counterfactual
-            .iter()
-            .flat_map(|(_, r)| r.iter().cloned())
-            .collect();
-        let appended = store.append_live(
-            &Batch {
-                market: &job.market,
-                counterfactual: &counterfactual,
-                records: &records,
-            },
-            &marks,
-        )?;
-        book.apply(&marks);
-        Ok(Flushed {
-            appended,
-            corrections: records.iter().filter(|r| r.corrects.is_some()).count(),
-            read_market,
-        })
-    }
-}
-
-/// A finished append: the worker back, what it carried, and how it went.
-type Done = (Worker, Flush, Result<Flushed, LedgerError>);
-
 /// What a succeeded job's counterfactual is now.
 enum Counterfactual {
     /// Some of its slots are not closed yet.
@@ -264,21 +177,13 @@ pub struct LedgerSink {
     tariffs: BTreeMap<String, Arc<Tariff>>,
     /// Closed slots' signals, (zone, start) -> signal: seen by the cycle, or read back.
     market: BTreeMap<(String, i64), SlotSignal>,
-    /// The energy of each slot last taken into `pending`: original id -> (start, mJ).
-    captured: HashMap<String, (DateTime<Utc>, u64)>,
-    /// Slots to append, by original id.
-    pending: BTreeMap<String, LiveSlot>,
-    pending_market: BTreeMap<(String, i64), MarketSlot>,
-    /// Counterfactual records to append, by job.
-    pending_counterfactual: BTreeMap<String, Vec<LedgerRecord>>,
+    /// The energy of each slot last queued, by job ([`live_job`]) and (zone, start): keyed
+    /// as the jobs' metered slots are, so an unchanged slot costs a lookup, no allocation.
+    captured: HashMap<String, BTreeMap<(String, i64), u64>>,
     /// Jobs whose counterfactual was made (or found unavailable).
     counterfactual_done: HashSet<String>,
-    /// Whether the ledger was read back (counterfactuals wait for its market slots).
-    read_back: bool,
     location: LedgerLocation,
-    /// `None` while an append runs.
-    worker: Option<Worker>,
-    inflight: Option<JoinHandle<Done>>,
+    writer: Writer,
     counters: LedgerCounters,
 }
 
@@ -286,23 +191,7 @@ impl std::fmt::Debug for LedgerSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LedgerSink")
             .field("ledger", &self.location)
-            .field("pending", &self.pending.len())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for LedgerSink {
-    fn drop(&mut self) {
-        // The `postgres` client closes its connection on a runtime of its own, which panics
-        // on a tokio worker: close it on a plain thread instead (as `Reports` does).
-        let store = self.worker.as_mut().and_then(|w| w.store.take());
-        if let Some(store) = store
-            && tokio::runtime::Handle::try_current().is_ok()
-        {
-            let _ = std::thread::Builder::new()
-                .name("ledger-close".into())
-                .spawn(move || drop(store));
-        }
     }
 }
 
@@ -322,19 +211,9 @@ impl LedgerSink {
             tariffs: tariffs_of(&config.signals),
             market: BTreeMap::new(),
             captured: HashMap::new(),
-            pending: BTreeMap::new(),
-            pending_market: BTreeMap::new(),
-            pending_counterfactual: BTreeMap::new(),
             counterfactual_done: HashSet::new(),
-            read_back: false,
-            worker: Some(Worker {
-                location: location.clone(),
-                counters: counters.clone(),
-                store: None,
-                book: None,
-            }),
+            writer: Writer::new(location.clone(), counters.clone(), BOOK_WINDOW),
             location,
-            inflight: None,
             counters,
         }
     }
@@ -350,80 +229,6 @@ impl LedgerSink {
         &self.counters
     }
 
-    /// Takes the result of the last append, if it finished (or, with `wait`, once it does).
-    pub async fn collect(&mut self, wait: bool) {
-        let Some(handle) = self.inflight.take_if(|h| wait || h.is_finished()) else {
-            return;
-        };
-        match handle.await {
-            Ok((worker, flush, result)) => {
-                self.worker = Some(worker);
-                self.done(flush, result);
-            }
-            Err(e) => {
-                // The task panicked or was cancelled: its connection is gone with it.
-                tracing::error!(error = %e, "the ledger append task failed; retrying next cycle");
-                self.counters.failures.inc();
-                self.worker = Some(Worker {
-                    location: self.location.clone(),
-                    counters: self.counters.clone(),
-                    store: None,
-                    book: None,
-                });
-            }
-        }
-    }
-
-    fn done(&mut self, flush: Flush, result: Result<Flushed, LedgerError>) {
-        let flushed = match result {
-            Ok(f) => f,
-            Err(e) => {
-                tracing::warn!(error = %error_chain(&e), pending = self.pending.len(),
-                    "could not append to the ledger; retrying next cycle");
-                return;
-            }
-        };
-        if flushed.appended.records + flushed.appended.counterfactual > 0 {
-            tracing::info!(
-                records = flushed.appended.records,
-                corrections = flushed.corrections,
-                counterfactual = flushed.appended.counterfactual,
-                market = flushed.appended.market,
-                "appended to the ledger"
-            );
-        }
-        for s in &flush.slots {
-            let id = s.original_id();
-            // A slot that grew meanwhile stays, with its new total.
-            if self
-                .pending
-                .get(&id)
-                .is_some_and(|p| p.energy_mj <= s.energy_mj)
-            {
-                self.pending.remove(&id);
-            }
-        }
-        for m in &flush.market {
-            self.pending_market
-                .remove(&(m.zone.clone(), m.start.timestamp()));
-        }
-        for (job, _) in &flush.counterfactual {
-            self.pending_counterfactual.remove(job);
-        }
-        if let Some(market) = flushed.read_market {
-            for m in market {
-                self.market
-                    .entry((m.zone, m.start.timestamp()))
-                    .or_insert(SlotSignal {
-                        price: m.price,
-                        carbon: m.carbon_intensity,
-                    });
-            }
-            self.read_back = true;
-        }
-        self.counters.pending.set(self.pending.len() as i64);
-    }
-
     /// Takes what closed by `wall`: market slots, the jobs' metered slots, and the
     /// counterfactuals of jobs that succeeded (with `frame`, which resolves their profiles).
     pub fn capture(
@@ -434,22 +239,47 @@ impl LedgerSink {
         wall: DateTime<Utc>,
     ) {
         let closed_by = wall - self.settle;
+        let read_back = {
+            let mut q = self.writer.queue();
+            for m in std::mem::take(&mut q.read_market) {
+                self.market
+                    .entry((m.zone, m.start.timestamp()))
+                    .or_insert(SlotSignal {
+                        price: m.price,
+                        carbon: m.carbon_intensity,
+                    });
+            }
+            q.read_back
+        };
         self.capture_market(pricer, closed_by);
         for job in jobs {
             self.capture_job(job, pricer, closed_by, wall);
         }
+        // Counterfactuals are priced from the market slots, which the ledger's read back
+        // completes after a restart.
         if let Some(frame) = frame
-            && self.read_back
+            && read_back
         {
             for job in jobs.iter().filter(|j| j.succeeded && !j.metered.is_empty()) {
                 self.capture_counterfactual(job, frame, closed_by);
             }
         }
         let oldest = wall - LOOKBACK;
-        self.captured.retain(|_, (start, _)| *start >= oldest);
+        // Jobs the state forgot are forgotten here too (their queued slots stay queued).
+        let present: HashSet<String> = jobs
+            .iter()
+            .map(|j| live_job(&j.spec.key, &j.spec.uid))
+            .collect();
+        let oldest_ts = oldest.timestamp();
+        self.captured.retain(|job, seen| {
+            seen.retain(|(_, start), _| *start >= oldest_ts);
+            present.contains(job)
+        });
+        self.counterfactual_done.retain(|job| present.contains(job));
         let oldest = oldest.timestamp();
         self.market.retain(|(_, start), _| *start >= oldest);
-        self.counters.pending.set(self.pending.len() as i64);
+        let pending = self.writer.queue().slots.len();
+        self.counters.pending.set(pending as i64);
     }
 
     fn capture_market(&mut self, pricer: &Pricer<'_>, closed_by: DateTime<Utc>) {
@@ -471,7 +301,7 @@ impl LedgerSink {
                         carbon: *carbon,
                     },
                 );
-                self.pending_market.insert(
+                self.writer.queue().market.insert(
                     key,
                     MarketSlot {
                         zone: (*zone).to_owned(),
@@ -508,16 +338,13 @@ impl LedgerSink {
     ) {
         let spec = job.spec;
         let slot = self.settings.slot();
-        for ((zone, _), m) in job.metered {
-            let (start, end) = (m.slot_start, m.slot_start + slot);
-            if end > closed_by || start < wall - LOOKBACK {
-                continue;
-            }
-            let id = live_record_id(&spec.key, &spec.uid, zone, start);
-            if self
-                .captured
-                .get(&id)
-                .is_some_and(|(_, mj)| *mj >= m.energy_mj)
+        let job_id = live_job(&spec.key, &spec.uid);
+        let mut seen = self.captured.remove(&job_id).unwrap_or_default();
+        for (key, m) in job.metered {
+            let (zone, start, end) = (&key.0, m.slot_start, m.slot_start + slot);
+            if end > closed_by
+                || start < wall - LOOKBACK
+                || seen.get(key).is_some_and(|mj| *mj >= m.energy_mj)
             {
                 continue;
             }
@@ -530,10 +357,10 @@ impl LedgerSink {
                 tracing::warn!(job = %spec.key, zone = %zone, slot = %start,
                     "no price was ever known for this slot: its energy is recorded unpriced");
             }
-            self.captured.insert(id.clone(), (start, m.energy_mj));
+            seen.insert(key.clone(), m.energy_mj);
             let tariff = self.tariffs.get(zone.as_str()).map(AsRef::as_ref);
-            self.pending.insert(
-                id,
+            self.writer.queue().slots.insert(
+                live_record_id(&spec.key, &spec.uid, zone, start),
                 LiveSlot {
                     key: spec.key.clone(),
                     uid: spec.uid.clone(),
@@ -554,6 +381,7 @@ impl LedgerSink {
                 },
             );
         }
+        self.captured.insert(job_id, seen);
     }
 
     fn capture_counterfactual(
@@ -575,7 +403,10 @@ impl LedgerSink {
                 self.counterfactual_done.insert(id);
             }
             Counterfactual::Records(records) => {
-                self.pending_counterfactual.insert(id.clone(), records);
+                self.writer
+                    .queue()
+                    .counterfactual
+                    .insert(id.clone(), records);
                 self.counterfactual_done.insert(id);
             }
         }
@@ -656,44 +487,18 @@ impl LedgerSink {
         Counterfactual::Records(out)
     }
 
-    /// Starts appending what is pending, unless an append runs already.
+    /// Starts appending what is queued, unless an append runs already (the writer keeps
+    /// appending while more is queued; a failed append waits for this call of a later cycle).
     pub fn flush(&mut self, wall: DateTime<Utc>) {
-        if self.inflight.is_some()
-            || (self.pending.is_empty()
-                && self.pending_market.is_empty()
-                && self.pending_counterfactual.is_empty())
-        {
-            return;
-        }
-        let Some(mut worker) = self.worker.take() else {
-            return;
-        };
-        let flush = Flush {
-            now: wall,
-            slots: self.pending.values().cloned().collect(),
-            market: self.pending_market.values().cloned().collect(),
-            counterfactual: self
-                .pending_counterfactual
-                .iter()
-                .map(|(job, r)| (job.clone(), r.clone()))
-                .collect(),
-        };
-        let span = tracing::info_span!("ledger_append", slots = flush.slots.len());
-        self.inflight = Some(tokio::task::spawn_blocking(move || {
-            let _entered = span.enter();
-            let result = worker.flush(&flush);
-            (worker, flush, result)
-        }));
+        self.writer.kick(wall);
     }
 
-    /// Appends what is still pending before the cycle stops, waiting at most [`FINAL_FLUSH`].
+    /// Appends what is still queued before the cycle stops, waiting at most [`FINAL_FLUSH`].
     pub async fn finish(&mut self, wall: DateTime<Utc>) {
-        let last = async {
-            self.collect(true).await;
-            self.flush(wall);
-            self.collect(true).await;
-        };
-        if tokio::time::timeout(FINAL_FLUSH, last).await.is_err() {
+        if tokio::time::timeout(FINAL_FLUSH, self.writer.finish(wall))
+            .await
+            .is_err()
+        {
             tracing::warn!("the last ledger append did not finish; the next start appends it");
         }
     }
@@ -706,14 +511,133 @@ fn or_unassigned(s: &str) -> String {
     }
 }
 
-/// The whole chain of an error, for a log line.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::placement::ManualClock;
+    use crate::placement::feed::Known;
+    use crate::placement::store::MeteredSlot;
+    use crate::units::{GramsPerKwh, Hours, PricePerMwh, SlotGrid};
+
+    fn t(s: &str) -> DateTime<Utc> {
+        s.parse().expect("time")
     }
-    s
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            key: "ml/a".into(),
+            uid: "u1".into(),
+            namespace: "ml".into(),
+            team: "research".into(),
+            cost_centre: String::new(),
+            workers: 1,
+            gpus_per_worker: 2,
+            accelerator: None,
+            work: Hours(1.0),
+            profile: None,
+            submit: t("2024-07-01T23:00:00Z"),
+            deadline: t("2024-07-03T00:00:00Z"),
+            preemptible: false,
+            price_cap: None,
+            carbon_cap: None,
+            monthly_budget: None,
+            carbon_price: None,
+            held: false,
+        }
+    }
+
+    fn slot(zone: &str, start: &str, energy_mj: u64) -> ((String, i64), MeteredSlot) {
+        (
+            (zone.to_owned(), t(start).timestamp()),
+            MeteredSlot {
+                key: "ml/a".into(),
+                uid: "u1".into(),
+                zone: zone.into(),
+                slot_start: t(start),
+                energy_mj,
+                cost: 0.0,
+                carbon_kg: 0.0,
+                priced: false,
+            },
+        )
+    }
+
+    #[test]
+    fn closed_slots_name_their_tariff_period_and_wait_for_a_price_while_one_may_come() {
+        let clock = Arc::new(ManualClock::new(t("2024-07-01T23:00:00Z")));
+        let config = PlacementConfig::new(clock).with_zone("T", 1.2);
+        let mut sink = LedgerSink::new(LedgerLocation::Sqlite("unused".into()), &config);
+        let tariff = crate::signals::tariff::handwritten::parse(
+            br#"tariff:
+  name: test
+  currency: USD
+  time_zone: America/Los_Angeles
+  unit: per_kwh
+  periods:
+    - {name: peak, rate: 0.40, hours: ["16:00-21:00"]}
+    - {name: off-peak, rate: 0.20}
+"#,
+            "test.yaml",
+        )
+        .expect("tariff");
+        sink.tariffs.insert("T".into(), Arc::new(tariff));
+        // Known from 23:00Z for 45 quarter-hours (to 10:15Z).
+        let known = Known {
+            price: vec![PricePerMwh(40.0); 45],
+            carbon: vec![GramsPerKwh(250.0); 45],
+            degraded: None,
+        };
+        let pricer = Pricer {
+            grid: SlotGrid {
+                start: t("2024-07-01T23:00:00Z"),
+                minutes: 15,
+            },
+            zones: [("T", (1.2, &known))].into(),
+        };
+        let metered: JobMetered = [
+            // 17:00 in Los Angeles (PDT): peak; 03:00: off-peak.
+            slot("T", "2024-07-02T00:00:00Z", 10),
+            slot("T", "2024-07-02T10:00:00Z", 20),
+            // Past what is known, within the cycle's history: its price may still come.
+            slot("T", "2024-07-02T12:00:00Z", 30),
+            // Not closed yet at 13:00 (ends 12:45, settles at 12:50): it is.
+            slot("T", "2024-07-02T12:30:00Z", 40),
+            // A zone the placement file does not name: never priced, recorded at once.
+            slot("X", "2024-07-02T00:00:00Z", 50),
+        ]
+        .into();
+        let spec = spec();
+        let facts = JobFacts {
+            spec: &spec,
+            metered: &metered,
+            succeeded: false,
+            first_zone: Some("T"),
+        };
+        sink.capture(&[facts], None, &pricer, t("2024-07-02T12:55:00Z"));
+        let q = sink.writer.queue();
+        let got: Vec<(&str, u64, &str, Option<f64>, &str)> = q
+            .slots
+            .values()
+            .map(|s| {
+                (
+                    s.zone.as_str(),
+                    s.energy_mj,
+                    s.tariff_period.as_str(),
+                    s.signal.map(|x| x.price.0),
+                    s.team.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("T", 10, "peak", Some(40.0), "research"),
+                ("T", 20, "off-peak", Some(40.0), "research"),
+                ("X", 50, "spot", None, "research"),
+            ]
+        );
+        assert!(q.slots.values().all(|s| s.cost_centre == UNASSIGNED));
+        // Every closed slot of the known signals is a market slot to record.
+        assert_eq!(q.market.len(), 45);
+    }
 }

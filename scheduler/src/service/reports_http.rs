@@ -25,7 +25,8 @@ use crate::report::{self, Budget, Month, ReportError, ReportFormat, ReportQuery,
 #[derive(Debug, Clone, clap::Args)]
 pub struct ReportsArgs {
     /// The ledger `GET /reports/{month}` reads: an SQLite file or a `postgres://` URL. Without
-    /// one, the endpoint is not served.
+    /// one, the endpoint is not served. With `--placement-config`, the planning cycle appends
+    /// the jobs' metered energy to it.
     #[arg(long = "ledger", env = "OFFPEAK_LEDGER")]
     pub ledger: Option<LedgerLocation>,
     /// IANA reporting time zone: months and days start at its local midnight (a request's
