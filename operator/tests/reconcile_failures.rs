@@ -7,20 +7,16 @@
 
 mod support;
 
-use std::sync::Arc;
-
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{ContainerState, ContainerStateTerminated, ContainerStatus};
 use kube::runtime::controller::Action;
 use offpeak_operator::crd::{FINALIZER, JobPhase, TrainingJob};
-use offpeak_operator::reconcile::{Context, ContextConfig};
-use offpeak_operator::workload::WorkloadSettings;
-use offpeak_proto::v1::{GetPlanRequest, PlanPhase};
-use serde_json::{Value, json};
+use offpeak_proto::v1::PlanPhase;
+use serde_json::json;
 use support::api::{Expect, mock_client};
 use support::fixtures::{self as fx, uri};
 use support::scheduler::Scheduler;
-use support::steps::{keep_status, released, step};
+use support::steps::{condition, keep_status, released, status_patch, step};
 
 fn t0() -> DateTime<Utc> {
     "2024-01-01T00:00:00Z".parse().expect("time")
@@ -34,49 +30,11 @@ fn cheap() -> Vec<(f64, f64)> {
 }
 
 fn job() -> TrainingJob {
-    let mut job = fx::finalized(fx::job(2, t0() + chrono::Duration::hours(1)));
-    job.spec.gpus_per_worker = 8;
-    job.spec.work_hours = Some(2.0);
-    job.spec.max_delay = Some("12h".parse().expect("duration"));
-    job
-}
-
-fn context(client: kube::Client, scheduler: &Scheduler) -> Arc<Context> {
-    let (policies, _w) = kube::runtime::reflector::store();
-    let (namespaces, _w) = kube::runtime::reflector::store();
-    let config = ContextConfig {
-        settings: WorkloadSettings::default(),
-        field_manager: fx::FIELD_MANAGER.into(),
-    };
-    Arc::new(
-        Context::new(
-            client,
-            fx::placement(&scheduler.address),
-            policies,
-            namespaces,
-            config,
-        )
-        .with_clock(scheduler.operator_clock()),
-    )
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+    fx::finalized(fx::gang_job(t0() + chrono::Duration::hours(1)))
 }
 
 async fn plan_phase(scheduler: &Scheduler) -> PlanPhase {
-    let mut client = fx::placement(&scheduler.address);
-    let plan = client
-        .get_plan(GetPlanRequest {
-            key: fx::KEY.into(),
-        })
-        .await
-        .expect("plan")
-        .into_inner();
-    PlanPhase::try_from(plan.phase).expect("phase")
+    PlanPhase::try_from(scheduler.plan().await.phase).expect("phase")
 }
 
 /// The job submitted and running (as the API server holds it after earlier reconciles).
@@ -91,7 +49,7 @@ async fn running_job(scheduler: &Scheduler) -> TrainingJob {
 async fn a_failed_worker_fails_the_job_and_stops_the_others_gracefully() {
     let scheduler = Scheduler::start(t0(), &cheap()).await;
     let (client, server) = mock_client();
-    let ctx = context(client, &scheduler);
+    let ctx = scheduler.context(client);
     let mut job = running_job(&scheduler).await;
     let plan = fx::plan(PlanPhase::Run, t0().timestamp(), 1);
     let mut pods = released(
@@ -125,16 +83,13 @@ async fn a_failed_worker_fails_the_job_and_stops_the_others_gracefully() {
                 "worker 1 (bert-worker-1) failed: OOMKilled (exit code 137); stopping the other 1 workers"
             );
         }),
-        Expect::patch(uri::status())
-            .body(|b| {
-                let s = &b["status"];
-                assert_eq!(s["phase"], "Failed");
-                assert_eq!(s["reportedState"], "FAILED");
-                let c = condition(s, "Failed");
-                assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("WorkerFailed")));
-                assert_eq!(s["workers"]["failed"], 1);
-            })
-            .reply_with(fx::with_applied_status(&job)),
+        status_patch(&job, |s| {
+            assert_eq!(s["phase"], "Failed");
+            assert_eq!(s["reportedState"], "FAILED");
+            let c = condition(s, "Failed");
+            assert_eq!((c["status"].as_str(), c["reason"].as_str()), (Some("True"), Some("WorkerFailed")));
+            assert_eq!(s["workers"]["failed"], 1);
+        }),
     ];
     // The cache is empty (as after an operator restart): the job is re-submitted first.
     let (server, result, seen) = step(server, &ctx, &job, expect).await;
@@ -160,7 +115,7 @@ async fn a_failed_worker_fails_the_job_and_stops_the_others_gracefully() {
 async fn deleting_a_job_cancels_it_and_removes_pods_service_and_finalizer() {
     let scheduler = Scheduler::start(t0(), &cheap()).await;
     let (client, server) = mock_client();
-    let ctx = context(client, &scheduler);
+    let ctx = scheduler.context(client);
     let mut job = running_job(&scheduler).await;
     job.metadata.deletion_timestamp = Some(fx::time(t0().timestamp() + 60));
     let service = json!({
@@ -228,7 +183,7 @@ async fn jobs_the_scheduler_refuses_get_a_condition_and_no_requeue() {
     ];
     for (what, edit, message) in cases {
         let (client, server) = mock_client();
-        let ctx = context(client, &scheduler);
+        let ctx = scheduler.context(client);
         let mut job = job();
         edit(&mut job);
         let expect = vec![
@@ -243,24 +198,21 @@ async fn jobs_the_scheduler_refuses_get_a_condition_and_no_requeue() {
                     "{what}: {b}"
                 );
             }),
-            Expect::patch(uri::status())
-                .body(move |b| {
-                    let s = &b["status"];
-                    assert_eq!(s["phase"], "Rejected", "{what}");
-                    let c = condition(s, "Submitted");
-                    assert_eq!(
-                        (c["status"].as_str(), c["reason"].as_str()),
-                        (Some("False"), Some("Refused"))
-                    );
-                    assert!(
-                        c["message"]
-                            .as_str()
-                            .is_some_and(|m| m.starts_with("the scheduler refused the job: ")
-                                && m.contains(message)),
-                        "{what}: {c}"
-                    );
-                })
-                .reply_with(fx::with_applied_status(&job)),
+            status_patch(&job, move |s| {
+                assert_eq!(s["phase"], "Rejected", "{what}");
+                let c = condition(s, "Submitted");
+                assert_eq!(
+                    (c["status"].as_str(), c["reason"].as_str()),
+                    (Some("False"), Some("Refused"))
+                );
+                assert!(
+                    c["message"]
+                        .as_str()
+                        .is_some_and(|m| m.starts_with("the scheduler refused the job: ")
+                            && m.contains(message)),
+                    "{what}: {c}"
+                );
+            }),
         ];
         let (server, result, seen) = step(server, &ctx, &job, expect).await;
         assert_eq!(

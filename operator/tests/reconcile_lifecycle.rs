@@ -14,17 +14,18 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use chrono::{DateTime, Duration, Utc};
+use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
 use offpeak_operator::crd::{FINALIZER, GANG_GATE, TrainingJob};
 use offpeak_operator::plans::watch::PlanWatch;
-use offpeak_operator::reconcile::{Context, ContextConfig};
-use offpeak_operator::workload::WorkloadSettings;
-use offpeak_proto::v1::{GetPlanRequest, PlanPhase};
+use offpeak_proto::v1::PlanPhase;
 use serde_json::{Value, json};
 use support::api::{Expect, mock_client};
 use support::fixtures::{self as fx, uri};
 use support::scheduler::Scheduler;
-use support::steps::{applied_pods, keep_status, plan_reaches, released, step};
+use support::steps::{
+    applied_pods, condition, event, plan_reaches, released, status_patch, step, step_keeping,
+};
 use tokio::sync::mpsc;
 
 fn t0() -> DateTime<Utc> {
@@ -40,47 +41,7 @@ fn hourly() -> Vec<(f64, f64)> {
 }
 
 fn job() -> TrainingJob {
-    let mut job = fx::job(2, t0() + Duration::hours(1));
-    job.spec.gpus_per_worker = 8;
-    job.spec.work_hours = Some(2.0);
-    job.spec.max_delay = Some("12h".parse().expect("duration"));
-    job
-}
-
-fn context(client: kube::Client, scheduler: &Scheduler) -> Arc<Context> {
-    let (policies, _w) = kube::runtime::reflector::store();
-    let (namespaces, _w) = kube::runtime::reflector::store();
-    let config = ContextConfig {
-        settings: WorkloadSettings::default(),
-        field_manager: fx::FIELD_MANAGER.into(),
-    };
-    Arc::new(
-        Context::new(
-            client,
-            fx::placement(&scheduler.address),
-            policies,
-            namespaces,
-            config,
-        )
-        .with_clock(scheduler.operator_clock()),
-    )
-}
-
-fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
-        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
-}
-
-fn status_patch(job: &TrainingJob, check: impl FnOnce(&Value) + Send + 'static) -> Expect {
-    Expect::patch(uri::status())
-        .body(move |b| check(&b["status"]))
-        .reply_with(fx::with_applied_status(job))
-}
-
-fn event(reason: &'static str) -> Expect {
-    Expect::post(uri::events()).body(move |b| assert_eq!(b["reason"], reason, "{b}"))
+    fx::gang_job(t0() + Duration::hours(1))
 }
 
 fn apply_pod(rank: u32, node: &'static str) -> Expect {
@@ -115,11 +76,59 @@ fn delete_pod(rank: u32) -> Expect {
         .body(|b| assert_eq!(b["gracePeriodSeconds"], 120, "the checkpoint grace period"))
 }
 
+/// A gang (re)start from no pods: the headless Service, both workers gated on zone A's nodes,
+/// the event `reason`, and the job Starting, reported STARTING, its status also passing `check`.
+fn gang_start(
+    job: &TrainingJob,
+    reason: &'static str,
+    check: impl FnOnce(&Value) + Send + 'static,
+) -> Vec<Expect> {
+    vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
+        Expect::patch(uri::apply_service()).body(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
+        apply_pod(0, "A-v100-0"),
+        apply_pod(1, "A-v100-1"),
+        event(reason),
+        status_patch(job, move |s| {
+            assert_eq!(s["phase"], "Starting");
+            assert_eq!(s["reportedState"], "STARTING");
+            check(s);
+        }),
+    ]
+}
+
+/// A suspension of the running `pods`: both deleted with the checkpoint grace period, the
+/// event, and the job Suspended, its status passing `check`.
+fn suspension(
+    job: &TrainingJob,
+    pods: &[Pod],
+    check: impl FnOnce(&Value) + Send + 'static,
+) -> Vec<Expect> {
+    vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(pods)),
+        delete_pod(0),
+        delete_pod(1),
+        event("Suspended"),
+        status_patch(job, move |s| {
+            assert_eq!(s["phase"], "Suspended");
+            check(s);
+        }),
+    ]
+}
+
+/// The suspended job's pods are gone: only now is the scheduler told it is suspended.
+fn pods_gone(job: &TrainingJob) -> Vec<Expect> {
+    vec![
+        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
+        status_patch(job, |s| assert_eq!(s["reportedState"], "SUSPENDED")),
+    ]
+}
+
 #[tokio::test]
 async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
     let scheduler = Scheduler::start(t0(), &hourly()).await;
     let (client, server) = mock_client();
-    let ctx = context(client, &scheduler);
+    let ctx = scheduler.context(client);
     let mut job = job();
 
     // Create: the finalizer first, nothing else.
@@ -146,12 +155,11 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
             assert_eq!(condition(s, "Submitted")["status"], "True");
         }),
     ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let (server, result, _) = step_keeping(server, &ctx, &mut job, expect).await;
     assert_eq!(
         result.expect("reconcile"),
         Action::requeue(std::time::Duration::from_secs(300))
     );
-    keep_status(&mut job, &seen);
 
     // The plan stream: the operator learns plan changes from the scheduler.
     let (changed_tx, mut changed_rx) = mpsc::channel(16);
@@ -179,21 +187,9 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
         ("bert", Some("ml"))
     );
     assert_eq!(run.nodes.len(), 2);
-    let expect = vec![
-        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
-        Expect::patch(uri::apply_service()).body(|b| assert_eq!(b["spec"]["clusterIP"], "None")),
-        apply_pod(0, "A-v100-0"),
-        apply_pod(1, "A-v100-1"),
-        event("Starting"),
-        status_patch(&job, |s| {
-            assert_eq!(s["phase"], "Starting");
-            assert_eq!(s["reportedState"], "STARTING");
-            assert_eq!(s["plan"]["phase"], "RUN");
-        }),
-    ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let expect = gang_start(&job, "Starting", |s| assert_eq!(s["plan"]["phase"], "RUN"));
+    let (server, result, seen) = step_keeping(server, &ctx, &mut job, expect).await;
     result.expect("reconcile");
-    keep_status(&mut job, &seen);
     let gated = applied_pods(&seen, "Pending");
     assert_eq!(gated.len(), 2);
 
@@ -204,9 +200,8 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
         release(1),
         status_patch(&job, |s| assert_eq!(s["workers"]["gated"], 2)),
     ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let (server, result, _) = step_keeping(server, &ctx, &mut job, expect).await;
     result.expect("reconcile");
-    keep_status(&mut job, &seen);
 
     // Running.
     let running = released(&gated, "Running");
@@ -219,9 +214,8 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
             assert_eq!(condition(s, "Running")["status"], "True");
         }),
     ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let (server, result, _) = step_keeping(server, &ctx, &mut job, expect).await;
     result.expect("reconcile");
-    keep_status(&mut job, &seen);
 
     // Nothing changed: reconciling again reads the pods and writes nothing (idempotent).
     let expect = vec![Expect::get(uri::list_pods()).reply(fx::pod_list(&running))];
@@ -240,60 +234,37 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
         "{}",
         suspend.reason
     );
-    let expect = vec![
-        Expect::get(uri::list_pods()).reply(fx::pod_list(&running)),
-        delete_pod(0),
-        delete_pod(1),
-        event("Suspended"),
-        status_patch(&job, |s| {
-            assert_eq!(s["phase"], "Suspended");
-            assert_eq!(
-                s["reportedState"], "RUNNING",
-                "not suspended before the pods are gone"
-            );
-            let c = condition(s, "Suspended");
-            assert_eq!(
-                (c["status"].as_str(), c["reason"].as_str()),
-                (Some("True"), Some("PlanSuspended"))
-            );
-            assert!(
-                c["message"]
-                    .as_str()
-                    .is_some_and(|m| m.contains("above the job's cap")),
-                "{c}"
-            );
-        }),
-    ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let expect = suspension(&job, &running, |s| {
+        assert_eq!(
+            s["reportedState"], "RUNNING",
+            "not suspended before the pods are gone"
+        );
+        let c = condition(s, "Suspended");
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("True"), Some("PlanSuspended"))
+        );
+        assert!(
+            c["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("above the job's cap")),
+            "{c}"
+        );
+    });
+    let (server, result, _) = step_keeping(server, &ctx, &mut job, expect).await;
     result.expect("reconcile");
-    keep_status(&mut job, &seen);
 
     // The pods are gone: now the scheduler hears the job is suspended.
-    let expect = vec![
-        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
-        status_patch(&job, |s| assert_eq!(s["reportedState"], "SUSPENDED")),
-    ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let expect = pods_gone(&job);
+    let (server, result, _) = step_keeping(server, &ctx, &mut job, expect).await;
     result.expect("reconcile");
-    keep_status(&mut job, &seen);
 
     // 04:00: RUN again: resumed with fresh gated pods.
     scheduler.clock.set(t0() + Duration::hours(4));
     plan_reaches(&ctx, PlanPhase::Run).await;
-    let expect = vec![
-        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
-        Expect::patch(uri::apply_service()),
-        apply_pod(0, "A-v100-0"),
-        apply_pod(1, "A-v100-1"),
-        event("Resuming"),
-        status_patch(&job, |s| {
-            assert_eq!(s["phase"], "Starting");
-            assert_eq!(s["reportedState"], "STARTING");
-        }),
-    ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let expect = gang_start(&job, "Resuming", |_| {});
+    let (server, result, seen) = step_keeping(server, &ctx, &mut job, expect).await;
     result.expect("reconcile");
-    keep_status(&mut job, &seen);
     let pods = applied_pods(&seen, "Pending");
 
     // Both succeed: the job is complete and the scheduler is told.
@@ -307,17 +278,9 @@ async fn submit_start_suspend_on_a_cap_resume_and_succeed() {
             assert_eq!(condition(s, "Complete")["status"], "True");
         }),
     ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let (server, result, _) = step_keeping(server, &ctx, &mut job, expect).await;
     assert_eq!(result.expect("reconcile"), Action::await_change());
-    keep_status(&mut job, &seen);
-    let mut client = fx::placement(&scheduler.address);
-    let plan = client
-        .get_plan(GetPlanRequest {
-            key: fx::KEY.into(),
-        })
-        .await
-        .expect("plan")
-        .into_inner();
+    let plan = scheduler.plan().await;
     assert_eq!(plan.phase, PlanPhase::Done as i32, "{plan:?}");
 
     // Succeeded is final: no call at all.
@@ -334,7 +297,7 @@ async fn spec_suspend_holds_the_job_down_and_unsuspending_resumes_it() {
     let scheduler = Scheduler::start(t0(), &hourly()).await;
     scheduler.clock.set(t0() + Duration::hours(1));
     let (client, server) = mock_client();
-    let ctx = context(client, &scheduler);
+    let ctx = scheduler.context(client);
     let mut job = fx::finalized(job());
     let plan = scheduler.submit(&job).await;
     assert_eq!(plan.phase, PlanPhase::Run as i32, "{plan:?}");
@@ -354,32 +317,20 @@ async fn spec_suspend_holds_the_job_down_and_unsuspending_resumes_it() {
     // spec.suspend: the workers are deleted gracefully, whatever the plan says.
     job.spec.suspend = true;
     job.metadata.generation = Some(2);
-    let expect = vec![
-        Expect::get(uri::list_pods()).reply(fx::pod_list(&pods)),
-        delete_pod(0),
-        delete_pod(1),
-        event("Suspended"),
-        status_patch(&job, |s| {
-            assert_eq!(s["phase"], "Suspended");
-            assert_eq!(s["submittedGeneration"], 2, "still submitted");
-            let c = condition(s, "Suspended");
-            assert_eq!(
-                (c["status"].as_str(), c["reason"].as_str()),
-                (Some("True"), Some("SuspendedBySpec"))
-            );
-        }),
-    ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let expect = suspension(&job, &pods, |s| {
+        assert_eq!(s["submittedGeneration"], 2, "still submitted");
+        let c = condition(s, "Suspended");
+        assert_eq!(
+            (c["status"].as_str(), c["reason"].as_str()),
+            (Some("True"), Some("SuspendedBySpec"))
+        );
+    });
+    let (server, result, _) = step_keeping(server, &ctx, &mut job, expect).await;
     result.expect("reconcile");
-    keep_status(&mut job, &seen);
 
-    let expect = vec![
-        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
-        status_patch(&job, |s| assert_eq!(s["reportedState"], "SUSPENDED")),
-    ];
-    let (server, result, seen) = step(server, &ctx, &job, expect).await;
+    let expect = pods_gone(&job);
+    let (server, result, _) = step_keeping(server, &ctx, &mut job, expect).await;
     assert_eq!(result.expect("reconcile"), Action::await_change());
-    keep_status(&mut job, &seen);
 
     // The job was submitted held: from the next boundary the scheduler keeps no nodes for it.
     scheduler.clock.set(t0() + Duration::minutes(75));
@@ -389,18 +340,9 @@ async fn spec_suspend_holds_the_job_down_and_unsuspending_resumes_it() {
     // Unsuspended: planned again at once (the cheap hour is not over), the workers come back.
     job.spec.suspend = false;
     job.metadata.generation = Some(3);
-    let expect = vec![
-        Expect::get(uri::list_pods()).reply(fx::pod_list(&[])),
-        Expect::patch(uri::apply_service()),
-        apply_pod(0, "A-v100-0"),
-        apply_pod(1, "A-v100-1"),
-        event("Resuming"),
-        status_patch(&job, |s| {
-            assert_eq!(s["phase"], "Starting");
-            assert_eq!(s["reportedState"], "STARTING");
-            assert_eq!(s["submittedGeneration"], 3);
-        }),
-    ];
+    let expect = gang_start(&job, "Resuming", |s| {
+        assert_eq!(s["submittedGeneration"], 3)
+    });
     let (_server, result, _) = step(server, &ctx, &job, expect).await;
     result.expect("reconcile");
     scheduler.stop().await;
@@ -408,16 +350,9 @@ async fn spec_suspend_holds_the_job_down_and_unsuspending_resumes_it() {
 
 /// Waits until the scheduler shows the job PLANNED and held by its user.
 async fn held_plan(scheduler: &Scheduler) -> offpeak_proto::v1::JobPlan {
-    let mut client = fx::placement(&scheduler.address);
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let plan = client
-            .get_plan(GetPlanRequest {
-                key: fx::KEY.into(),
-            })
-            .await
-            .expect("the plan")
-            .into_inner();
+        let plan = scheduler.plan().await;
         if plan.phase == PlanPhase::Planned as i32 && plan.reason == "held by the user" {
             return plan;
         }

@@ -391,6 +391,119 @@ fn straddle(backend: &Backend) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A live ledger: job-a succeeded (it has counterfactual records), job-b is still running,
+/// failed or was cancelled (none). The saving covers job-a only, in every format and view.
+fn partial_counterfactual(backend: &Backend) -> anyhow::Result<()> {
+    let fresh = backend.fresh()?;
+    let mut store = fresh.open()?;
+    // job-a ran in two slots at 0.40 and 0.33; running at once at full power would have cost
+    // 1.50. job-b ran for 2.25 and has no counterfactual.
+    let a1 = record(
+        "job-a",
+        "2023-03-10T01:00:00Z",
+        "2023-03-10T02:00:00Z",
+        400_000_000,
+        50.0,
+    )?;
+    let a2 = record(
+        "job-a",
+        "2023-03-11T01:00:00Z",
+        "2023-03-11T02:00:00Z",
+        330_000_001,
+        50.0,
+    )?;
+    let b = record(
+        "job-b",
+        "2023-03-12T01:00:00Z",
+        "2023-03-12T03:00:00Z",
+        2_250_000_000,
+        50.0,
+    )?;
+    let mut cf = record(
+        "job-a",
+        "2023-03-09T20:00:00Z",
+        "2023-03-09T21:00:00Z",
+        1_500_000_000,
+        150.0,
+    )?;
+    cf.id = ledger::record_id("counterfactual/hand", "job-a", "2023-03-09T20:00:00Z");
+    cf.source = "counterfactual/hand".into();
+    store.append(&[a1.clone(), a2.clone(), b.clone()])?;
+    store.append_counterfactual(std::slice::from_ref(&cf))?;
+    let r = report::build(store.as_ref(), &query("2023-03", "UTC"))?;
+
+    let saving_a = cf.amounts.cost - a1.amounts.cost - a2.amounts.cost;
+    assert_eq!(r.saving(), Some(saving_a), "the saving is job-a's alone");
+    assert_eq!((r.cover.with_counterfactual, r.cover.jobs), (1, 2));
+    assert_eq!(
+        r.total,
+        a1.amounts + a2.amounts + b.amounts,
+        "costs still count job-b"
+    );
+
+    // CSV: job-b's row has no saving nor counterfactual; every view's saving is job-a's.
+    let text = tables::csv(&r)?;
+    let mut savings: BTreeMap<String, i64> = BTreeMap::new();
+    for row in csv::Reader::from_reader(text.as_bytes()).deserialize::<BTreeMap<String, String>>() {
+        let row = row?;
+        let (view, saved) = (&row["view"], &row["saving_vs_full_power_at_submit"]);
+        if view == "job" && row["job"] == "job-b" {
+            assert_eq!(saved, "", "{row:?}");
+            assert_eq!(row["counterfactual_cost_full_power_at_submit"], "");
+            assert_eq!(row["saving_over_jobs"], "0 of 1");
+            continue;
+        }
+        let want_cover = if view == "job" { "1 of 1" } else { "1 of 2" };
+        assert_eq!(row["saving_over_jobs"], want_cover, "{row:?}");
+        *savings.entry(view.clone()).or_default() += units(saved, 2);
+    }
+    for view in CSV_VIEWS {
+        assert_eq!(
+            savings.get(view),
+            Some(&cents(saving_a)),
+            "CSV saving, view {view}"
+        );
+    }
+
+    // FOCUS: job-b's days have empty x_ saving columns; job-a's add up to its saving.
+    let text = tables::focus(&r)?;
+    let mut focus_saving = 0;
+    for row in csv::Reader::from_reader(text.as_bytes()).deserialize::<BTreeMap<String, String>>() {
+        let row = row?;
+        let tags: BTreeMap<String, String> = serde_json::from_str(&row["Tags"])?;
+        if tags["job"] == "job-b" {
+            assert_eq!(
+                (
+                    row["x_Saving"].as_str(),
+                    row["x_CounterfactualCost"].as_str()
+                ),
+                ("", "")
+            );
+        } else {
+            focus_saving += units(&row["x_Saving"], 2);
+        }
+    }
+    assert_eq!(focus_saving, cents(saving_a));
+    check_focus(&text, &r.total);
+
+    // HTML: job-b's saving cell is blank, every total is job-a's, with the footnote.
+    let html = report::html::page(&r);
+    check_html(&html, &r.total, Some(cents(saving_a)));
+    let jobs = html_table(&html, "job");
+    assert_eq!(
+        values(jobs, "saving", 2),
+        vec![cents(saving_a), cents(saving_a)]
+    );
+    assert!(html.contains("data-saving-cover=\"namespace\">Saving over 1 of 2 jobs"));
+    assert!(html_table(&html, "team").contains("(over 1 of 2 jobs)"));
+    Ok(())
+}
+
+#[test]
+fn only_jobs_with_a_counterfactual_count_towards_the_saving() -> anyhow::Result<()> {
+    on_every_backend(partial_counterfactual)
+}
+
 #[test]
 fn energy_straddling_a_london_month_boundary_is_split_at_local_midnight() -> anyhow::Result<()> {
     on_every_backend(straddle)

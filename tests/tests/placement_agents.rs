@@ -8,42 +8,32 @@
 //! zone's signals; a limit an agent cannot apply is named in the plan's reason.
 
 mod agent_common;
+mod placement_common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use agent_common::{AgentSetup, SimAgent, counters_all, tick_all};
+use agent_common::{PATIENCE, counters_all, tick_all};
 use anyhow::{Context as _, ensure};
 use chrono::{DateTime, Utc};
 use offpeak_agent::PowerSource as _;
-use offpeak_agent::podresources::PodResources;
-use offpeak_agent::sim::SimConfig;
-use offpeak_proto::kubelet_podresources_v1::pod_resources_lister_server::{
-    PodResourcesLister, PodResourcesListerServer,
-};
-use offpeak_proto::kubelet_podresources_v1::{
-    ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse,
-    PodResources as KubeletPod,
-};
 use offpeak_proto::v1::agent_service_client::AgentServiceClient;
 use offpeak_proto::v1::placement_service_client::PlacementServiceClient;
 use offpeak_proto::v1::{
-    CommandAck, CommandsRequest, Device, GetPlanRequest, JobPlan, JobSpec, PlanPhase, PodRef,
+    CommandAck, CommandsRequest, Device, GetPlanRequest, JobSpec, PlanPhase, PodRef,
     RegisterRequest, Sample, SampleBatch, SubmitJobRequest, WatchPlansRequest, command,
 };
-use offpeak_scheduler::placement::{ManualClock, PlacementConfig, Settings, SignalRows, TableFeed};
+use offpeak_scheduler::placement::{ManualClock, PlacementConfig, SignalRows, TableFeed};
 use offpeak_scheduler::scenario::{Profile, ProfilePoint};
+use offpeak_scheduler::service::NodeRegistry;
 use offpeak_scheduler::service::commands::OutcomeLabels;
-use offpeak_scheduler::service::{self, CommandCenter, NodeRegistry, ServiceConfig};
 use offpeak_scheduler::units::Watts;
-use tokio::net::UnixListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
+use placement_common::{
+    CARBON, LIMIT_WATTS, Live, PRICE, PUE, SIM_MODEL, ZONE, phase, place_pods, sim_job, sim_t0,
+    start_nodes,
+};
 use tonic::Code;
-
-const PATIENCE: Duration = Duration::from_secs(20);
 
 fn t0() -> DateTime<Utc> {
     "2024-03-01T00:00:00Z".parse().expect("time")
@@ -84,10 +74,6 @@ async fn register(
     Ok(())
 }
 
-fn phase(p: &JobPlan) -> PlanPhase {
-    PlanPhase::try_from(p.phase).unwrap_or(PlanPhase::Unspecified)
-}
-
 #[tokio::test]
 async fn jobs_are_planned_on_the_nodes_agents_register() -> anyhow::Result<()> {
     let clock = ManualClock::new(t0());
@@ -103,22 +89,8 @@ async fn jobs_are_planned_on_the_nodes_agents_register() -> anyhow::Result<()> {
             }],
         })
         .with_signals(TableFeed::new(None).zone("GB", rows));
-    let registry = NodeRegistry::new();
-    let bound = service::bind(ServiceConfig {
-        grpc_addr: "127.0.0.1:0".parse()?,
-        admin_addr: "127.0.0.1:0".parse()?,
-        commands: service::CommandCenter::new(registry.clone()),
-        curves: service::CurveStore::new(),
-        registry,
-        reports: None,
-        placement: Some(placement),
-    })
-    .await?;
-    let uri = format!("http://{}", bound.addrs().grpc);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(bound.serve(async {
-        let _ = stopped.await;
-    }));
+    let live = Live::start(clock.clone(), placement, NodeRegistry::new(), None).await?;
+    let uri = live.uri();
     let mut agents = AgentServiceClient::connect(uri.clone()).await?;
     let mut operator = PlacementServiceClient::connect(uri).await?;
 
@@ -183,200 +155,20 @@ async fn jobs_are_planned_on_the_nodes_agents_register() -> anyhow::Result<()> {
     );
     ensure!(nodes == ["gpu-node-1", "gpu-node-2"], "{planned:?}");
 
-    let _ = stop.send(());
-    tokio::time::timeout(PATIENCE, server).await???;
-    Ok(())
+    live.stop().await
 }
 
-/// The simulated agents' device model, as the scheduler names its accelerator.
-const SIM_MODEL: &str = "Tesla V100 (simulated)";
-/// The power limit the test profile plans with.
-const LIMIT_WATTS: u32 = 150;
-/// The agents' zone (`SimAgent` registers in DE-LU) and its PUE, price and intensity.
-const ZONE: &str = "DE-LU";
-const PUE: f64 = 1.25;
-const PRICE: f64 = 100.0;
-const CARBON: f64 = 200.0;
+/// kWh in millijoules.
 const MJ_PER_KWH: f64 = 3.6e9;
-
-/// Shortly before the simulated agents' first sample (their clocks start at Unix 1.7e9 s,
-/// 2023-11-14T22:13:20Z): the job's run and the samples share one slot.
-fn sim_t0() -> DateTime<Utc> {
-    "2023-11-14T22:00:00Z".parse().expect("time")
-}
-
-/// A scheduler serving agents and placement, planning in zone DE-LU on what agents register,
-/// with one profile of the simulated model at 150 W only.
-struct Live {
-    clock: ManualClock,
-    uri: String,
-    registry: NodeRegistry,
-    commands: CommandCenter,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), service::ServiceError>>,
-}
-
-impl Live {
-    async fn start() -> anyhow::Result<Self> {
-        let clock = ManualClock::new(sim_t0());
-        // From a day before (the cycle reads three days back for its estimate; older rows are
-        // only missing history) to two days after.
-        let rows = SignalRows::hourly(
-            sim_t0() - chrono::Duration::hours(24),
-            &vec![(PRICE, CARBON); 72],
-        )
-        .context("rows")?;
-        let placement = PlacementConfig::new(Arc::new(clock.clone()))
-            .with_settings(Settings {
-                debounce: Duration::from_millis(5),
-                power_check: Duration::from_millis(20),
-                ..Settings::default()
-            })
-            .with_zone(ZONE, PUE)
-            .with_profile(Profile {
-                name: format!("{}/test", SIM_MODEL.to_lowercase()),
-                points: vec![ProfilePoint {
-                    power_limit: Watts(f64::from(LIMIT_WATTS)),
-                    throughput: 0.9,
-                    draw: Watts(140.0),
-                }],
-            })
-            .with_signals(TableFeed::new(None).zone(ZONE, rows));
-        let registry = NodeRegistry::new();
-        let commands = CommandCenter::new(registry.clone());
-        let bound = service::bind(ServiceConfig {
-            grpc_addr: "127.0.0.1:0".parse()?,
-            admin_addr: "127.0.0.1:0".parse()?,
-            commands: commands.clone(),
-            curves: service::CurveStore::new(),
-            registry: registry.clone(),
-            reports: None,
-            placement: Some(placement),
-        })
-        .await?;
-        let uri = format!("http://{}", bound.addrs().grpc);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(bound.serve(async {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            clock,
-            uri,
-            registry,
-            commands,
-            stop,
-            task,
-        })
-    }
-
-    async fn operator(&self) -> anyhow::Result<PlacementServiceClient<tonic::transport::Channel>> {
-        Ok(PlacementServiceClient::connect(self.uri.clone()).await?)
-    }
-
-    fn sent(&self) -> u64 {
-        self.commands.counters().sent.get()
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(PATIENCE, self.task).await???;
-        Ok(())
-    }
-}
-
-/// A kubelet's pod-resources service on a unix socket, answering with the pods the test sets.
-#[derive(Debug, Clone, Default)]
-struct Kubelet {
-    pods: Arc<Mutex<Vec<KubeletPod>>>,
-}
-
-impl Kubelet {
-    /// Serves on `socket`; returns the client the agent would use.
-    fn serve(&self, socket: &std::path::Path) -> anyhow::Result<PodResources> {
-        let listener = UnixListener::bind(socket)?;
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(PodResourcesListerServer::new(self.clone()))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
-        Ok(PodResources::new(socket))
-    }
-
-    /// One pod `namespace/name` using `gpus`.
-    fn set(&self, namespace: &str, name: &str, gpus: Vec<String>) {
-        *self
-            .pods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = vec![KubeletPod {
-            name: name.into(),
-            namespace: namespace.into(),
-            containers: vec![ContainerResources {
-                name: "trainer".into(),
-                devices: vec![ContainerDevices {
-                    resource_name: "nvidia.com/gpu".into(),
-                    device_ids: gpus,
-                }],
-            }],
-        }];
-    }
-}
-
-#[tonic::async_trait]
-impl PodResourcesLister for Kubelet {
-    async fn list(
-        &self,
-        _request: tonic::Request<ListPodResourcesRequest>,
-    ) -> Result<tonic::Response<ListPodResourcesResponse>, tonic::Status> {
-        let pods = self
-            .pods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        Ok(tonic::Response::new(ListPodResourcesResponse {
-            pod_resources: pods,
-        }))
-    }
-}
-
-/// A job of `workers` × `gpus` simulated GPUs, 1 h of work, due in 12 h, submitted at T0.
-fn sim_job(name: &str, workers: u32, gpus: u32) -> JobSpec {
-    JobSpec {
-        key: format!("ml/{name}"),
-        uid: format!("uid-{name}"),
-        namespace: "ml".into(),
-        workers,
-        gpus_per_worker: gpus,
-        work_hours: 1.0,
-        submit_unix_s: sim_t0().timestamp(),
-        deadline_unix_s: (sim_t0() + chrono::Duration::hours(12)).timestamp(),
-        ..JobSpec::default()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_jobs_power_limit_reaches_its_pods_devices_and_its_plan_shows_their_energy()
 -> anyhow::Result<()> {
-    let live = Live::start().await?;
+    let live = Live::in_memory().await?;
     let dir = tempfile::tempdir()?;
     // node-a and node-b run the job's two workers on both their GPUs; node-c's one GPU runs
     // another job's pod.
-    let mut agents = Vec::new();
-    let mut kubelets = Vec::new();
-    for (i, (node, devices)) in [("node-a", 2), ("node-b", 2), ("node-c", 1)]
-        .into_iter()
-        .enumerate()
-    {
-        let setup = AgentSetup {
-            sim: SimConfig::flat(),
-            ..AgentSetup::new(node, 10 + i as u64, devices)
-        };
-        let agent = SimAgent::start(setup, live.uri.clone())?;
-        agent.registered().await?;
-        let kubelet = Kubelet::default();
-        let client = kubelet.serve(&dir.path().join(format!("{node}.sock")))?;
-        agents.push(agent);
-        kubelets.push((kubelet, client));
-    }
+    let (mut agents, mut kubelets) = start_nodes(&live.uri(), dir.path(), 10).await?;
     let mut operator = live.operator().await?;
     let plan = operator
         .submit_job(SubmitJobRequest {
@@ -396,19 +188,7 @@ async fn a_running_jobs_power_limit_reaches_its_pods_devices_and_its_plan_shows_
     tick_all(&mut agents, 1).await?;
     let baseline = counters_all(&mut agents)?;
     tick_all(&mut agents, 1).await?;
-    let pods = [
-        ("train-worker-0", 0),
-        ("train-worker-1", 1),
-        ("other-worker-0", 2),
-    ];
-    for (pod, i) in pods {
-        let gpus = (0..agents[i].agent.sampler().devices().len())
-            .map(|d| agents[i].device(d))
-            .collect();
-        kubelets[i].0.set("ml", pod, gpus);
-        let map = kubelets[i].1.device_pods().await?;
-        agents[i].agent.update_pods(map);
-    }
+    place_pods(&mut agents, &mut kubelets).await?;
     tick_all(&mut agents, 1).await?;
 
     // The job's four devices get the run's limit; the other pod's device gets nothing.
@@ -463,11 +243,11 @@ async fn a_running_jobs_power_limit_reaches_its_pods_devices_and_its_plan_shows_
     ]
     .into();
     let deadline = tokio::time::Instant::now() + PATIENCE;
-    while live.registry.energy_by_pod() != per_pod {
+    while live.registry().energy_by_pod() != per_pod {
         ensure!(
             tokio::time::Instant::now() < deadline,
             "metered per pod {:?}, produced {per_pod:?}",
-            live.registry.energy_by_pod()
+            live.registry().energy_by_pod()
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -515,8 +295,8 @@ async fn a_running_jobs_power_limit_reaches_its_pods_devices_and_its_plan_shows_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_power_limit_an_agent_cannot_apply_is_named_in_the_plan() -> anyhow::Result<()> {
-    let live = Live::start().await?;
-    let mut agents = AgentServiceClient::connect(live.uri.clone()).await?;
+    let live = Live::in_memory().await?;
+    let mut agents = AgentServiceClient::connect(live.uri()).await?;
     // A hand-driven agent: one GPU that takes the limit, one whose range stops below it.
     let device = |uuid: &str, max: u32| Device {
         uuid: uuid.into(),
@@ -608,7 +388,7 @@ async fn a_power_limit_an_agent_cannot_apply_is_named_in_the_plan() -> anyhow::R
         "{failed:?}"
     );
     // Counted by the command path: one refused, one failed on the agent.
-    let counters = live.commands.counters();
+    let counters = live.scheduler.commands.counters();
     let failed_acks = counters
         .acks
         .get_or_create(&OutcomeLabels { outcome: "failed" })

@@ -14,53 +14,30 @@
 mod agent_common;
 #[path = "../../scheduler/tests/ledger_common/mod.rs"]
 mod ledger_common;
+mod placement_common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use agent_common::{AgentSetup, Energy, SimAgent, counters_all, http_get, metric, tick_all};
+use agent_common::{Energy, PATIENCE, counters_all, tick_all};
 use anyhow::{Context as _, ensure};
 use chrono::{DateTime, Utc};
 use ledger_common::{Backend, TestLedger};
-use offpeak_agent::podresources::PodResources;
-use offpeak_agent::sim::SimConfig;
-use offpeak_proto::kubelet_podresources_v1::pod_resources_lister_server::{
-    PodResourcesLister, PodResourcesListerServer,
-};
-use offpeak_proto::kubelet_podresources_v1::{
-    ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse,
-    PodResources as KubeletPod,
-};
 use offpeak_proto::v1::agent_service_client::AgentServiceClient;
-use offpeak_proto::v1::placement_service_client::PlacementServiceClient;
 use offpeak_proto::v1::{
     Device, JobSpec, JobState, JobStateReport, PlanPhase, PodRef, RegisterRequest, Sample,
-    SampleBatch, SubmitJobRequest,
+    SampleBatch,
 };
 use offpeak_scheduler::ledger::{Fixed, LedgerRecord, RecordKind};
-use offpeak_scheduler::placement::{ManualClock, PlacementConfig, Settings, SignalRows, TableFeed};
-use offpeak_scheduler::scenario::{Profile, ProfilePoint};
+use offpeak_scheduler::placement::ManualClock;
+use offpeak_scheduler::service::NodeRegistry;
 use offpeak_scheduler::service::reports_http::Reports;
-use offpeak_scheduler::service::{self, BoundAddrs, CommandCenter, NodeRegistry, ServiceConfig};
-use offpeak_scheduler::units::Watts;
-use tokio::net::UnixListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
-use tokio_stream::wrappers::UnixListenerStream;
+use placement_common::{
+    CARBON, DRAW_WATTS, Live, PRICE, PUE, SIM_MODEL, ZONE, place_pods, placement, sim_job,
+    sim_t0 as t0, start_nodes,
+};
 
-const PATIENCE: Duration = Duration::from_secs(20);
-/// The simulated agents' device model, as the scheduler names its accelerator.
-const SIM_MODEL: &str = "Tesla V100 (simulated)";
-/// The agents' zone (`SimAgent` registers in DE-LU), its PUE, price and intensity.
-const ZONE: &str = "DE-LU";
-const PUE: f64 = 1.25;
-const PRICE: f64 = 100.0;
-const CARBON: f64 = 200.0;
-/// The profile's one point: the counterfactual's draw and throughput.
-const DRAW_WATTS: f64 = 140.0;
-const THROUGHPUT: f64 = 0.9;
 const KEY: &str = "ml/train";
 const UID: &str = "uid-train";
 /// The job's gang: two workers of two GPUs.
@@ -70,175 +47,23 @@ fn at(s: &str) -> DateTime<Utc> {
     s.parse().expect("time")
 }
 
-/// The job's submission and the scheduler's clock at the start: shortly before the simulated
-/// agents' first sample (their clocks start at Unix 1.7e9 s, 2023-11-14T22:13:20Z).
-fn t0() -> DateTime<Utc> {
-    at("2023-11-14T22:00:00Z")
-}
-
+/// `ml/train` of two workers of two GPUs, with its team and cost centre.
 fn job() -> JobSpec {
     JobSpec {
-        key: KEY.into(),
-        uid: UID.into(),
-        namespace: "ml".into(),
         team: "research".into(),
         cost_centre: "cc-42".into(),
-        workers: 2,
-        gpus_per_worker: 2,
-        work_hours: 1.0,
-        submit_unix_s: t0().timestamp(),
-        deadline_unix_s: (t0() + chrono::Duration::hours(12)).timestamp(),
-        ..JobSpec::default()
+        ..sim_job("train", 2, 2)
     }
 }
 
 /// A scheduler serving agents, placement and reports, planning in DE-LU on what agents
 /// register, recording to `ledger`, its state and placement store in `dir`.
-struct Live {
-    registry: NodeRegistry,
-    addrs: BoundAddrs,
-    stop: oneshot::Sender<()>,
-    task: JoinHandle<Result<(), service::ServiceError>>,
-}
-
-impl Live {
-    async fn start(ledger: &TestLedger, dir: &Path, clock: ManualClock) -> anyhow::Result<Self> {
-        let rows = SignalRows::hourly(
-            t0() - chrono::Duration::hours(24),
-            &vec![(PRICE, CARBON); 72],
-        )
-        .context("rows")?;
-        let placement = PlacementConfig::new(Arc::new(clock.clone()))
-            .with_settings(Settings {
-                debounce: Duration::from_millis(5),
-                power_check: Duration::from_millis(20),
-                ..Settings::default()
-            })
-            .with_zone(ZONE, PUE)
-            .with_profile(Profile {
-                name: format!("{}/test", SIM_MODEL.to_lowercase()),
-                points: vec![ProfilePoint {
-                    power_limit: Watts(150.0),
-                    throughput: THROUGHPUT,
-                    draw: Watts(DRAW_WATTS),
-                }],
-            })
-            .with_signals(TableFeed::new(None).zone(ZONE, rows))
-            .with_store(dir.join("placement.sqlite"));
-        let registry = NodeRegistry::open(&dir.join("state.sqlite"))?;
-        let time_zone = offpeak_scheduler::report::parse_time_zone("UTC")?;
-        let bound = service::bind(ServiceConfig {
-            grpc_addr: "127.0.0.1:0".parse()?,
-            admin_addr: "127.0.0.1:0".parse()?,
-            commands: CommandCenter::new(registry.clone()),
-            curves: service::CurveStore::new(),
-            registry: registry.clone(),
-            reports: Some(blocking(|| {
-                Reports::open(ledger.location.clone(), time_zone, Vec::new())
-            })?),
-            placement: Some(placement),
-        })
-        .await?;
-        let addrs = bound.addrs();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(bound.serve(async {
-            let _ = stopped.await;
-        }));
-        Ok(Self {
-            registry,
-            addrs,
-            stop,
-            task,
-        })
-    }
-
-    fn uri(&self) -> String {
-        format!("http://{}", self.addrs.grpc)
-    }
-
-    async fn operator(&self) -> anyhow::Result<PlacementServiceClient<tonic::transport::Channel>> {
-        Ok(PlacementServiceClient::connect(self.uri()).await?)
-    }
-
-    async fn submit(&self) -> anyhow::Result<PlanPhase> {
-        let plan = self
-            .operator()
-            .await?
-            .submit_job(SubmitJobRequest { job: Some(job()) })
-            .await?
-            .into_inner();
-        Ok(PlanPhase::try_from(plan.phase).unwrap_or(PlanPhase::Unspecified))
-    }
-
-    async fn metric(&self, name: &str) -> anyhow::Result<u64> {
-        let (status, body) = http_get(self.addrs.admin, "/metrics").await?;
-        ensure!(status == 200, "/metrics answered {status}");
-        metric(&body, name)
-    }
-
-    async fn report(&self) -> anyhow::Result<String> {
-        let (status, body) = http_get(self.addrs.admin, "/reports/2023-11").await?;
-        ensure!(status == 200, "the report answered {status}: {body}");
-        Ok(body)
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        tokio::time::timeout(PATIENCE, self.task).await???;
-        Ok(())
-    }
-}
-
-/// A kubelet's pod-resources service on a unix socket, answering with the pods the test sets.
-#[derive(Debug, Clone, Default)]
-struct Kubelet {
-    pods: Arc<Mutex<Vec<KubeletPod>>>,
-}
-
-impl Kubelet {
-    fn serve(&self, socket: &Path) -> anyhow::Result<PodResources> {
-        let listener = UnixListener::bind(socket)?;
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(PodResourcesListerServer::new(self.clone()))
-                .serve_with_incoming(UnixListenerStream::new(listener)),
-        );
-        Ok(PodResources::new(socket))
-    }
-
-    fn set(&self, namespace: &str, name: &str, gpus: Vec<String>) {
-        *self
-            .pods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = vec![KubeletPod {
-            name: name.into(),
-            namespace: namespace.into(),
-            containers: vec![ContainerResources {
-                name: "trainer".into(),
-                devices: vec![ContainerDevices {
-                    resource_name: "nvidia.com/gpu".into(),
-                    device_ids: gpus,
-                }],
-            }],
-        }];
-    }
-}
-
-#[tonic::async_trait]
-impl PodResourcesLister for Kubelet {
-    async fn list(
-        &self,
-        _request: tonic::Request<ListPodResourcesRequest>,
-    ) -> Result<tonic::Response<ListPodResourcesResponse>, tonic::Status> {
-        let pods = self
-            .pods
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        Ok(tonic::Response::new(ListPodResourcesResponse {
-            pod_resources: pods,
-        }))
-    }
+async fn start(ledger: &TestLedger, dir: &Path, clock: ManualClock) -> anyhow::Result<Live> {
+    let placement = placement(&clock)?.with_store(dir.join("placement.sqlite"));
+    let registry = NodeRegistry::open(&dir.join("state.sqlite"))?;
+    let time_zone = offpeak_scheduler::report::parse_time_zone("UTC")?;
+    let reports = blocking(|| Reports::open(ledger.location.clone(), time_zone, Vec::new()))?;
+    Live::start(clock, placement, registry, Some(reports)).await
 }
 
 /// `mj` millijoules in the ledger's unit, nano-kWh (1 nano-kWh = 3.6 mJ = 18/5 mJ), rounded
@@ -394,45 +219,18 @@ async fn live_ledger_scenario(backend: &Backend) -> anyhow::Result<()> {
 async fn scenario_on(ledger: &TestLedger) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let clock = ManualClock::new(t0());
-    let live = Live::start(ledger, dir.path(), clock.clone()).await?;
+    let live = start(ledger, dir.path(), clock.clone()).await?;
     // node-a and node-b run the job's two workers on both their GPUs; node-c's GPU runs a pod
     // of a job the scheduler does not know, whose energy must not be the job's.
-    let mut agents = Vec::new();
-    let mut kubelets = Vec::new();
-    for (i, (node, devices)) in [("node-a", 2), ("node-b", 2), ("node-c", 1)]
-        .into_iter()
-        .enumerate()
-    {
-        let setup = AgentSetup {
-            sim: SimConfig::flat(),
-            ..AgentSetup::new(node, 20 + i as u64, devices)
-        };
-        let agent = SimAgent::start(setup, live.uri())?;
-        agent.registered().await?;
-        let kubelet = Kubelet::default();
-        let client = kubelet.serve(&dir.path().join(format!("{node}.sock")))?;
-        agents.push(agent);
-        kubelets.push((kubelet, client));
-    }
-    let phase = live.submit().await?;
+    let (mut agents, mut kubelets) = start_nodes(&live.uri(), dir.path(), 20).await?;
+    let phase = live.submit(job()).await?;
     ensure!(phase == PlanPhase::Run, "the job is {phase:?}");
 
     // Samples before the pods name none; from the baseline on, every delta is the pods'.
     tick_all(&mut agents, 1).await?;
     let baseline = counters_all(&mut agents)?;
     tick_all(&mut agents, 1).await?;
-    for (pod, i) in [
-        ("train-worker-0", 0),
-        ("train-worker-1", 1),
-        ("other-worker-0", 2),
-    ] {
-        let gpus = (0..agents[i].agent.sampler().devices().len())
-            .map(|d| agents[i].device(d))
-            .collect();
-        kubelets[i].0.set("ml", pod, gpus);
-        let map = kubelets[i].1.device_pods().await?;
-        agents[i].agent.update_pods(map);
-    }
+    place_pods(&mut agents, &mut kubelets).await?;
     // The agents' clocks run from 22:13:22 to 22:15:30: energy in two slots.
     tick_all(&mut agents, 128).await?;
     let first = counters_all(&mut agents)?;
@@ -446,7 +244,7 @@ async fn scenario_on(ledger: &TestLedger) -> anyhow::Result<()> {
             .map(|(_, v)| *v)
             .sum::<u64>()
     };
-    wait_until_metered(|| metered(&live.registry), first_mj).await?;
+    wait_until_metered(|| metered(live.registry()), first_mj).await?;
 
     // Both slots closed (22:30 + 5 min): one record each, exactly the counters' energy.
     clock.set(at("2023-11-14T22:36:00Z"));
@@ -486,7 +284,7 @@ async fn scenario_on(ledger: &TestLedger) -> anyhow::Result<()> {
     let (last, _) = agent_common::finish_all(agents).await?;
     let last_mj = job_energy(&last, &baseline);
     ensure!(last_mj > first_mj, "no late energy");
-    wait_until_metered(|| metered(&live.registry), last_mj).await?;
+    wait_until_metered(|| metered(live.registry()), last_mj).await?;
     clock.set(at("2023-11-14T22:46:00Z"));
     let records = wait_for_ledger(ledger, last_mj).await?;
     let corrections: Vec<&LedgerRecord> = records.iter().filter(|r| r.corrects.is_some()).collect();
@@ -525,12 +323,12 @@ async fn scenario_on(ledger: &TestLedger) -> anyhow::Result<()> {
     // its buffer): exactly one more record, a correction of exactly that energy, as the
     // restarted scheduler read back what the ledger held.
     let before = job_records(ledger)?;
-    let live = Live::start(ledger, dir.path(), clock.clone()).await?;
+    let live = start(ledger, dir.path(), clock.clone()).await?;
     // Metered before the job is known again, so that its first view after the restart
     // already holds the late energy.
     let replayed_mj = late_replay(&live).await?;
-    wait_until_metered(|| metered(&live.registry), last_mj + replayed_mj).await?;
-    live.submit().await?;
+    wait_until_metered(|| metered(live.registry()), last_mj + replayed_mj).await?;
+    live.submit(job()).await?;
     clock.set(at("2023-11-14T23:01:00Z"));
     let after = wait_for_ledger(ledger, last_mj + replayed_mj).await?;
     let new: Vec<&LedgerRecord> = after.iter().filter(|r| !before.contains(r)).collect();

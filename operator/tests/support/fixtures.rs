@@ -13,7 +13,7 @@ use offpeak_operator::crd::{
     Checkpoint, CheckpointSignal, FINALIZER, JobPhase, TrainingJob, TrainingJobSpec,
     TrainingJobStatus,
 };
-use offpeak_operator::reconcile::{Context, ContextConfig};
+use offpeak_operator::reconcile::{Clock, Context, ContextConfig};
 use offpeak_operator::workload::{self, WorkloadSettings};
 use offpeak_proto::v1::placement_service_client::PlacementServiceClient;
 use offpeak_proto::v1::{JobPlan, NodeAssignment, PlanPhase};
@@ -42,6 +42,16 @@ pub fn job(workers: u32, now: DateTime<Utc>) -> TrainingJob {
     job.metadata.generation = Some(1);
     job.metadata.resource_version = Some("100".into());
     job.metadata.creation_timestamp = Some(time(now.timestamp() - 3600));
+    job
+}
+
+/// The scenarios' gang: [`job`] with 2 workers × 8 GPUs (both of zone `A`'s nodes), 2 h of
+/// work and a 12 h max delay, created an hour before `now`.
+pub fn gang_job(now: DateTime<Utc>) -> TrainingJob {
+    let mut job = job(2, now);
+    job.spec.gpus_per_worker = 8;
+    job.spec.work_hours = Some(2.0);
+    job.spec.max_delay = Some("12h".parse().expect("duration"));
     job
 }
 
@@ -78,6 +88,12 @@ pub fn placement(address: &str) -> PlacementServiceClient<tonic::transport::Chan
 /// A context over the mock API `client` and the scheduler at `scheduler`, with the clock fixed
 /// at `now` and no EnergyPolicies.
 pub fn context(client: Client, scheduler: &str, now: DateTime<Utc>) -> Arc<Context> {
+    context_on(client, scheduler, Arc::new(move || now))
+}
+
+/// A context over the mock API `client` and the scheduler at `scheduler`, reading `clock`,
+/// with no EnergyPolicies.
+pub fn context_on(client: Client, scheduler: &str, clock: Clock) -> Arc<Context> {
     let (policies, _writer) = reflector::store();
     let (namespaces, _writer) = reflector::store();
     let config = ContextConfig {
@@ -85,8 +101,7 @@ pub fn context(client: Client, scheduler: &str, now: DateTime<Utc>) -> Arc<Conte
         field_manager: FIELD_MANAGER.into(),
     };
     Arc::new(
-        Context::new(client, placement(scheduler), policies, namespaces, config)
-            .with_clock(Arc::new(move || now)),
+        Context::new(client, placement(scheduler), policies, namespaces, config).with_clock(clock),
     )
 }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use offpeak_operator::reconcile::Clock;
+use offpeak_operator::reconcile::{Clock, Context};
+use offpeak_proto::v1::{GetPlanRequest, JobPlan};
 use offpeak_scheduler::placement::{
     Clock as _, ManualClock, PlacementConfig, Settings, SignalRows, TableFeed,
 };
@@ -99,6 +100,22 @@ impl Scheduler {
             .await
             .expect("submitted")
             .into_inner()
+    }
+
+    /// The job's plan as the scheduler holds it now.
+    pub async fn plan(&self) -> JobPlan {
+        super::fixtures::placement(&self.address)
+            .get_plan(GetPlanRequest {
+                key: super::fixtures::KEY.into(),
+            })
+            .await
+            .expect("the plan")
+            .into_inner()
+    }
+
+    /// A reconcile context over the mock API `client`, on this scheduler and its clock.
+    pub fn context(&self, client: kube::Client) -> Arc<Context> {
+        super::fixtures::context_on(client, &self.address, self.operator_clock())
     }
 
     /// The operator's clock, reading the scheduler's.

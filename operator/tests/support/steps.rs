@@ -1,5 +1,6 @@
 //! Helpers for multi-step scenarios: run one reconcile against one step's expectations, carry
-//! the status and the applied pods over to the next step, wait for a plan to reach the cache.
+//! the status and the applied pods over to the next step, wait for a plan to reach the cache;
+//! and the expectations most steps share (a status patch, an event).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,10 +13,30 @@ use offpeak_proto::v1::{JobPlan, PlanPhase};
 use serde_json::Value;
 
 use super::api::{ApiServer, Expect};
-use super::fixtures::{KEY, UID};
+use super::fixtures::{KEY, UID, uri, with_applied_status};
 
 /// Longest wait for a plan change to travel from the scheduler to the cache.
 const PLAN_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The condition of type `type_` in a status as JSON.
+pub fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status}"))
+}
+
+/// A status patch of `job` whose status passes `check`, answered as the API server would.
+pub fn status_patch(job: &TrainingJob, check: impl FnOnce(&Value) + Send + 'static) -> Expect {
+    Expect::patch(uri::status())
+        .body(move |b| check(&b["status"]))
+        .reply_with(with_applied_status(job))
+}
+
+/// An event with `reason`.
+pub fn event(reason: &'static str) -> Expect {
+    Expect::post(uri::events()).body(move |b| assert_eq!(b["reason"], reason, "{b}"))
+}
 
 /// Runs one reconcile of `job` while `server` serves `expectations`; returns the server for
 /// the next step, the reconcile's result and the request bodies.
@@ -33,6 +54,18 @@ pub async fn step(
     .await
     .expect("reconcile finished");
     let (server, seen) = serving.finish().await;
+    (server, result, seen)
+}
+
+/// [`step`], then the status it applied carried over to `job` (see [`keep_status`]).
+pub async fn step_keeping(
+    server: ApiServer,
+    ctx: &Arc<Context>,
+    job: &mut TrainingJob,
+    expectations: Vec<Expect>,
+) -> (ApiServer, Result<Action, Error>, Vec<Value>) {
+    let (server, result, seen) = step(server, ctx, job, expectations).await;
+    keep_status(job, &seen);
     (server, result, seen)
 }
 

@@ -32,8 +32,9 @@
 //! the ledger's market slots reach back, e.g. it was submitted before the first scheduler
 //! with this ledger started) is not written: that is logged and counted
 //! (`offpeak_ledger_counterfactual_unavailable_total`). Nor has a job that failed or was
-//! cancelled one (as in a replay, only completed jobs have one). The report then has no
-//! counterfactual for such a job's lines, so its saving there reads as minus its cost.
+//! cancelled one (as in a replay, only completed jobs have one). The report then shows no
+//! saving on such a job's lines and leaves it out of every aggregate's saving ("over N of M
+//! jobs").
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;

@@ -5,8 +5,8 @@
 
 use std::fmt::Write as _;
 
-use super::tables::{MONEY_DIGITS, Printed, apportion, cost_kind, print_rows};
-use super::{MonthlyReport, average_price_paid, day_of_month};
+use super::tables::{MONEY_DIGITS, Printed, cost_kind, print_known_money, print_rows};
+use super::{Cover, Grouped, MonthlyReport, average_price_paid, day_of_month, keys};
 use crate::ledger::record::format_units;
 use crate::ledger::{Amounts, Fixed};
 
@@ -44,8 +44,27 @@ fn price(p: Option<f64>) -> String {
         .unwrap_or_else(|| "n/a".to_string())
 }
 
-/// A table row before printing: labels, amounts, counterfactual, zone average price.
-type HtmlRow = (Vec<String>, Amounts, Amounts, Option<f64>);
+/// A table row before printing: labels, amounts, saving (where any of its jobs has a
+/// counterfactual) and how many jobs that covers, zone average price.
+type HtmlRow = (Vec<String>, Amounts, Option<Fixed>, Cover, Option<f64>);
+
+fn html_row<K>(g: Grouped<K>, labels: Vec<String>, zone_avg: Option<f64>) -> HtmlRow {
+    (labels, g.amounts, g.saving(), g.cover, zone_avg)
+}
+
+/// The saving cell: empty where no job has a counterfactual; "(over N of M jobs)" where only
+/// some have one.
+fn saving_cell(v: &str, cover: Cover) -> String {
+    if v.is_empty() {
+        return "<td class=\"num\"></td>".to_string();
+    }
+    let note = if cover.partial() {
+        format!(" (over {cover} jobs)")
+    } else {
+        String::new()
+    };
+    format!("<td class=\"num\" data-col=\"saving\" data-value=\"{v}\">{v}{note}</td>")
+}
 
 /// A table of rows labelled by `labels` (one or more label columns), with a total row.
 fn table(out: &mut String, view: &str, heads: &[&str], rows: &[HtmlRow], r: &MonthlyReport) {
@@ -53,17 +72,8 @@ fn table(out: &mut String, view: &str, heads: &[&str], rows: &[HtmlRow], r: &Mon
     let amounts: Vec<Amounts> = rows.iter().map(|r| r.1).collect();
     let p: Printed = print_rows(&amounts);
     let t = print_rows(std::slice::from_ref(total));
-    let savings: Vec<Fixed> = rows.iter().map(|r| r.2.cost - r.1.cost).collect();
-    let saving = apportion(&savings, MONEY_DIGITS);
-    let total_saving = (r.counterfactual_total.cost - total.cost).round_to(MONEY_DIGITS);
-    let saving_cell = |units: i64| {
-        if r.has_counterfactual {
-            let v = format_units(units, MONEY_DIGITS);
-            format!("<td class=\"num\" data-col=\"saving\" data-value=\"{v}\">{v}</td>")
-        } else {
-            "<td class=\"num\">n/a</td>".to_string()
-        }
-    };
+    let saving = print_known_money(&rows.iter().map(|r| r.2).collect::<Vec<_>>());
+    let total_saving = print_known_money(&[r.saving()]);
     let _ = write!(out, "<table data-view=\"{view}\"><thead><tr>");
     for h in heads {
         let _ = write!(out, "<th>{}</th>", esc(h));
@@ -78,7 +88,7 @@ fn table(out: &mut String, view: &str, heads: &[&str], rows: &[HtmlRow], r: &Mon
          <th class=\"num\">Saving vs full power at submit ({c})</th></tr></thead><tbody>",
         c = esc(currency)
     );
-    for (i, (labels, a, _, zone_avg)) in rows.iter().enumerate() {
+    for (i, (labels, a, _, cover, zone_avg)) in rows.iter().enumerate() {
         out.push_str("<tr>");
         for l in labels {
             let _ = write!(out, "<td>{}</td>", esc(l));
@@ -89,7 +99,7 @@ fn table(out: &mut String, view: &str, heads: &[&str], rows: &[HtmlRow], r: &Mon
             "<td class=\"num\">{}</td><td class=\"num\">{}</td>{}</tr>",
             price(average_price_paid(a)),
             zone_avg.map(|x| format!("{x:.2}")).unwrap_or_default(),
-            saving_cell(saving[i]),
+            saving_cell(&saving[i], *cover),
         );
     }
     let _ = write!(out, "<tr class=\"total\" data-total=\"{view}\">");
@@ -105,8 +115,16 @@ fn table(out: &mut String, view: &str, heads: &[&str], rows: &[HtmlRow], r: &Mon
         out,
         "<td class=\"num\">{}</td><td></td>{}</tr></tbody></table>",
         price(average_price_paid(total)),
-        saving_cell(total_saving),
+        saving_cell(&total_saving[0], r.cover),
     );
+    if r.cover.partial() && r.has_counterfactual {
+        let _ = write!(
+            out,
+            "<p class=\"note\" data-saving-cover=\"{view}\">Saving over {} jobs: a job still \
+             running, failed or cancelled has no counterfactual and is left out of it.</p>",
+            r.cover
+        );
+    }
 }
 
 fn push_amounts(out: &mut String, p: &Printed, i: usize, a: &Amounts) {
@@ -201,18 +219,22 @@ pub fn page(r: &MonthlyReport) -> String {
 
     out.push_str("<section><h2>Total</h2>");
     table(&mut out, "summary", &["Scope"], &[], r);
-    if r.has_counterfactual {
+    if let Some(saved) = r.saving() {
         let cf = r.counterfactual_total.cost;
-        let saved = cf - r.total.cost;
         let pct = if cf.0 != 0 {
             format!(" ({:.1} %)", saved.to_f64() / cf.to_f64() * 100.0)
+        } else {
+            String::new()
+        };
+        let over = if r.cover.partial() {
+            format!(" (over the {} jobs with a counterfactual)", r.cover)
         } else {
             String::new()
         };
         let _ = write!(
             out,
             "<p>Counterfactual (every job at full power as soon as submitted, same zone, same \
-             prices): {} {c}; saving {} {c}{pct}.</p>",
+             prices): {} {c}; saving {} {c}{pct}{over}.</p>",
             format_units(cf.round_to(MONEY_DIGITS), MONEY_DIGITS),
             format_units(saved.round_to(MONEY_DIGITS), MONEY_DIGITS),
             c = esc(&r.currency),
@@ -223,14 +245,15 @@ pub fn page(r: &MonthlyReport) -> String {
     budgets_section(&mut out, r);
     charts_section(&mut out, r);
 
-    let simple = |groups: Vec<super::Group<String>>, zone_avg: bool| -> Vec<HtmlRow> {
+    let simple = |groups: Vec<Grouped<String>>, zone_avg: bool| -> Vec<HtmlRow> {
         groups
             .into_iter()
-            .map(|(k, a, c)| {
+            .map(|g| {
                 let avg = zone_avg
-                    .then(|| r.zone_average_price.get(&k).copied())
+                    .then(|| r.zone_average_price.get(&g.key).copied())
                     .flatten();
-                (vec![k], a, c, avg)
+                let labels = vec![g.key.clone()];
+                html_row(g, labels, avg)
             })
             .collect()
     };
@@ -239,23 +262,36 @@ pub fn page(r: &MonthlyReport) -> String {
         &mut out,
         "namespace",
         &["Namespace"],
-        &simple(r.by_namespace(), false),
+        &simple(r.grouped(keys::namespace), false),
         r,
     );
     out.push_str("</section><section><h2>By team</h2>");
-    table(&mut out, "team", &["Team"], &simple(r.by_team(), false), r);
+    table(
+        &mut out,
+        "team",
+        &["Team"],
+        &simple(r.grouped(keys::team), false),
+        r,
+    );
     out.push_str("</section><section><h2>By cost centre</h2>");
-    let rows = simple(r.by_cost_centre(), false);
+    let rows = simple(r.grouped(keys::cost_centre), false);
     table(&mut out, "cost_centre", &["Cost centre"], &rows, r);
     out.push_str("</section><section><h2>By zone</h2>");
-    table(&mut out, "zone", &["Zone"], &simple(r.by_zone(), true), r);
+    table(
+        &mut out,
+        "zone",
+        &["Zone"],
+        &simple(r.grouped(keys::zone), true),
+        r,
+    );
     out.push_str("</section><section><h2>By tariff period</h2>");
     let rows: Vec<HtmlRow> = r
-        .by_tariff_period()
+        .grouped(keys::tariff_period)
         .into_iter()
-        .map(|([zone, period], a, c)| {
-            let avg = r.zone_average_price.get(&zone).copied();
-            (vec![zone, period], a, c, avg)
+        .map(|g| {
+            let avg = r.zone_average_price.get(&g.key[0]).copied();
+            let labels = g.key.to_vec();
+            html_row(g, labels, avg)
         })
         .collect();
     table(
@@ -267,18 +303,21 @@ pub fn page(r: &MonthlyReport) -> String {
     );
     out.push_str("</section><section><h2>By job</h2>");
     let rows: Vec<HtmlRow> = r
-        .by_job()
+        .grouped(keys::job)
         .into_iter()
-        .map(|(k, a, c)| {
-            let avg = r.zone_average_price.get(&k[3]).copied();
-            (k.to_vec(), a, c, avg)
+        .map(|g| {
+            let avg = r.zone_average_price.get(&g.key[3]).copied();
+            let labels = g.key.to_vec();
+            html_row(g, labels, avg)
         })
         .collect();
     let heads = ["Namespace", "Team", "Cost centre", "Zone", "Job"];
     table(&mut out, "job", &heads, &rows, r);
     out.push_str(
         "</section><p class=\"note\">The saving is against every job run at full power from \
-         its submission, in one run, in the zone it first ran in, capacity not modelled. \
+         its submission, in one run, in the zone it first ran in, capacity not modelled, and \
+         covers only the jobs that have one (a job that succeeded); a blank saving is a job \
+         without one. \
          Teams and cost centres come from the finance file's namespace mapping \
          (\"unassigned\" where it names none); the tariff period is \"spot\" where the price \
          is a market price.</p></body></html>\n",

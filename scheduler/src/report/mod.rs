@@ -24,7 +24,10 @@
 //! Carbon is location-based (the grid's average intensity where and when the energy was
 //! drawn), and labelled so. The saving is against the ledger's counterfactual records ("full
 //! power as soon as submitted", [`crate::ledger::counterfactual_from_replay`]) in the same
-//! month.
+//! month, and only over the jobs that have one: in a live cluster a job still running, failed
+//! or cancelled has none, and counting it would read as a "saving" of minus its cost. Such a
+//! job's lines show no saving; every aggregate sums the saving over the jobs with one and says
+//! how many of its jobs that is ([`Cover`]).
 
 pub mod finance;
 pub mod html;
@@ -167,6 +170,58 @@ pub struct Line {
     pub amounts: Amounts,
     /// The same jobs' counterfactual (full power as soon as submitted) in this month.
     pub counterfactual: Amounts,
+    /// Whether the job (namespace and job) has counterfactual records; without them it has no
+    /// saving.
+    pub has_counterfactual: bool,
+}
+
+impl Line {
+    /// Counterfactual cost minus actual cost, if the job has a counterfactual.
+    pub fn saving(&self) -> Option<Fixed> {
+        self.has_counterfactual
+            .then(|| self.counterfactual.cost - self.amounts.cost)
+    }
+}
+
+/// How many of a group's jobs (namespace and job) have a counterfactual, so how many its
+/// saving covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Cover {
+    pub with_counterfactual: usize,
+    pub jobs: usize,
+}
+
+impl Cover {
+    /// Whether some of the jobs have no counterfactual (the saving leaves them out).
+    pub fn partial(&self) -> bool {
+        self.with_counterfactual < self.jobs
+    }
+}
+
+impl fmt::Display for Cover {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} of {}", self.with_counterfactual, self.jobs)
+    }
+}
+
+/// The lines of one group summed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grouped<K> {
+    pub key: K,
+    pub amounts: Amounts,
+    /// The counterfactual of the group's jobs that have one.
+    pub counterfactual: Amounts,
+    /// The actual amounts of the group's jobs that have a counterfactual.
+    pub covered: Amounts,
+    pub cover: Cover,
+}
+
+impl<K> Grouped<K> {
+    /// Counterfactual cost minus actual cost over the jobs with a counterfactual; `None` if
+    /// none has one.
+    pub fn saving(&self) -> Option<Fixed> {
+        (self.cover.with_counterfactual > 0).then(|| self.counterfactual.cost - self.covered.cost)
+    }
 }
 
 /// One local day of the month.
@@ -177,7 +232,8 @@ pub struct Day {
     pub start: DateTime<Utc>,
     /// The next local midnight, in UTC (the month's end for its last day).
     pub end: DateTime<Utc>,
-    /// Non-empty lines of the day, sorted by namespace, team, cost centre, zone, job, period.
+    /// Lines of the day with energy or counterfactual, sorted by namespace, team, cost centre,
+    /// zone, job, period.
     pub lines: Vec<Line>,
     pub total: Amounts,
 }
@@ -203,8 +259,13 @@ pub struct MonthlyReport {
     pub total: Amounts,
     /// The counterfactual's total.
     pub counterfactual_total: Amounts,
-    /// Whether the ledger holds a counterfactual for this month (hand-written or metered
-    /// records have none; then no saving is shown).
+    /// The actual amounts of the jobs that have a counterfactual: the saving is
+    /// `counterfactual_total.cost - covered_total.cost`.
+    pub covered_total: Amounts,
+    /// How many of the month's jobs have a counterfactual.
+    pub cover: Cover,
+    /// Whether any of the month's jobs has a counterfactual (hand-written or metered records
+    /// have none; then no saving is shown).
     pub has_counterfactual: bool,
     /// The budgets in scope, with the month's actual cost against each.
     pub budgets: Vec<BudgetLine>,
@@ -238,54 +299,117 @@ pub fn average_price_paid(a: &Amounts) -> Option<f64> {
 /// Amounts and counterfactual of one group of lines.
 pub type Group<K> = (K, Amounts, Amounts);
 
+/// What the report's views group lines by.
+pub mod keys {
+    use super::Line;
+
+    pub fn namespace(l: &Line) -> String {
+        l.namespace.clone()
+    }
+    pub fn team(l: &Line) -> String {
+        l.team.clone()
+    }
+    pub fn cost_centre(l: &Line) -> String {
+        l.cost_centre.clone()
+    }
+    pub fn zone(l: &Line) -> String {
+        l.zone.clone()
+    }
+    /// Namespace, team, cost centre, zone, job: tariff periods merged.
+    pub fn job(l: &Line) -> [String; 5] {
+        [
+            l.namespace.clone(),
+            l.team.clone(),
+            l.cost_centre.clone(),
+            l.zone.clone(),
+            l.job.clone(),
+        ]
+    }
+    /// Zone, tariff period.
+    pub fn tariff_period(l: &Line) -> [String; 2] {
+        [l.zone.clone(), l.tariff_period.clone()]
+    }
+}
+
 impl MonthlyReport {
+    /// Counterfactual cost minus actual cost over the jobs with a counterfactual; `None` if
+    /// none has one.
+    pub fn saving(&self) -> Option<Fixed> {
+        self.has_counterfactual
+            .then(|| self.counterfactual_total.cost - self.covered_total.cost)
+    }
+
+    /// The lines grouped by `key`, sorted, with the saving's cover.
+    pub fn grouped<K: Ord>(&self, key: impl Fn(&Line) -> K) -> Vec<Grouped<K>> {
+        grouped(&self.lines, key)
+    }
+
     /// By namespace, sorted.
     pub fn by_namespace(&self) -> Vec<Group<String>> {
-        group(&self.lines, |l| l.namespace.clone())
+        group(&self.lines, keys::namespace)
     }
 
     /// By team, sorted.
     pub fn by_team(&self) -> Vec<Group<String>> {
-        group(&self.lines, |l| l.team.clone())
+        group(&self.lines, keys::team)
     }
 
     /// By cost centre, sorted.
     pub fn by_cost_centre(&self) -> Vec<Group<String>> {
-        group(&self.lines, |l| l.cost_centre.clone())
+        group(&self.lines, keys::cost_centre)
     }
 
     /// By zone, sorted.
     pub fn by_zone(&self) -> Vec<Group<String>> {
-        group(&self.lines, |l| l.zone.clone())
+        group(&self.lines, keys::zone)
     }
 
     /// By (namespace, team, cost centre, zone, job), sorted: tariff periods merged.
     pub fn by_job(&self) -> Vec<Group<[String; 5]>> {
-        group(&self.lines, |l| {
-            [
-                l.namespace.clone(),
-                l.team.clone(),
-                l.cost_centre.clone(),
-                l.zone.clone(),
-                l.job.clone(),
-            ]
-        })
+        group(&self.lines, keys::job)
     }
 
     /// By (zone, tariff period), sorted.
     pub fn by_tariff_period(&self) -> Vec<Group<[String; 2]>> {
-        group(&self.lines, |l| [l.zone.clone(), l.tariff_period.clone()])
+        group(&self.lines, keys::tariff_period)
     }
 }
 
 fn group<K: Ord>(lines: &[Line], key: impl Fn(&Line) -> K) -> Vec<Group<K>> {
-    let mut m: BTreeMap<K, (Amounts, Amounts)> = BTreeMap::new();
+    grouped(lines, key)
+        .into_iter()
+        .map(|g| (g.key, g.amounts, g.counterfactual))
+        .collect()
+}
+
+fn grouped<K: Ord>(lines: &[Line], key: impl Fn(&Line) -> K) -> Vec<Grouped<K>> {
+    type Jobs<'a> = BTreeSet<(&'a str, &'a str)>;
+    let mut m: BTreeMap<K, (Amounts, Amounts, Amounts, Jobs<'_>, Jobs<'_>)> = BTreeMap::new();
     for l in lines {
         let e = m.entry(key(l)).or_default();
+        let job = (l.namespace.as_str(), l.job.as_str());
         e.0 += l.amounts;
         e.1 += l.counterfactual;
+        e.3.insert(job);
+        if l.has_counterfactual {
+            e.2 += l.amounts;
+            e.4.insert(job);
+        }
     }
-    m.into_iter().map(|(k, (a, c))| (k, a, c)).collect()
+    m.into_iter()
+        .map(
+            |(key, (amounts, counterfactual, covered, jobs, with))| Grouped {
+                key,
+                amounts,
+                counterfactual,
+                covered,
+                cover: Cover {
+                    with_counterfactual: with.len(),
+                    jobs: jobs.len(),
+                },
+            },
+        )
+        .collect()
 }
 
 /// The piece of record `r` inside `[from, to)`: the difference of its cumulative shares, so the
@@ -387,39 +511,62 @@ pub fn build(store: &dyn LedgerStore, query: &ReportQuery) -> Result<MonthlyRepo
         .unwrap_or_default()
         .to_string();
 
-    let mut per_day: Vec<BTreeMap<Key, Amounts>> = vec![BTreeMap::new(); days.len()];
-    for r in &records {
+    // A job's counterfactual starts when it was submitted, before it ran, so every job with
+    // energy in the month has its counterfactual (if any) starting before the month's end;
+    // one starting in an earlier month still makes this month's saving count that job.
+    let counterfactual: Vec<_> = store
+        .counterfactual_between(DateTime::UNIX_EPOCH, period_end)?
+        .into_iter()
+        .filter(|r| query.namespace.as_ref().is_none_or(|ns| &r.namespace == ns))
+        .collect();
+    let with_counterfactual: BTreeSet<(&str, &str)> = counterfactual
+        .iter()
+        .map(|r| (r.namespace.as_str(), r.job.as_str()))
+        .collect();
+
+    let mut per_day: Vec<BTreeMap<Key, (Amounts, Amounts)>> = vec![BTreeMap::new(); days.len()];
+    for (r, is_counterfactual) in records
+        .iter()
+        .map(|r| (r, false))
+        .chain(counterfactual.iter().map(|r| (r, true)))
+    {
         for (i, d) in days.iter().enumerate() {
             if r.start >= d.end || r.end <= d.start {
                 continue;
             }
-            *per_day[i].entry(key(r)).or_default() += piece(r, d.start, d.end);
+            let e = per_day[i].entry(key(r)).or_default();
+            let cut = piece(r, d.start, d.end);
+            if is_counterfactual {
+                e.1 += cut;
+            } else {
+                e.0 += cut;
+            }
         }
     }
+    let has = |k: &Key| with_counterfactual.contains(&(k.0.as_str(), k.4.as_str()));
     let mut month: BTreeMap<Key, (Amounts, Amounts)> = BTreeMap::new();
     for (d, m) in days.iter_mut().zip(per_day) {
-        for (k, amounts) in m {
-            month.entry(k.clone()).or_default().0 += amounts;
+        for (k, (amounts, counterfactual)) in m {
+            let e = month.entry(k.clone()).or_default();
+            e.0 += amounts;
+            e.1 += counterfactual;
             d.total += amounts;
-            d.lines.push(line(k, amounts, Amounts::default()));
+            let has = has(&k);
+            d.lines.push(line(k, amounts, counterfactual, has));
         }
-    }
-    let counterfactual: Vec<_> = store
-        .counterfactual_between(period_start, period_end)?
-        .into_iter()
-        .filter(|r| query.namespace.as_ref().is_none_or(|ns| &r.namespace == ns))
-        .collect();
-    for r in &counterfactual {
-        month.entry(key(r)).or_default().1 += piece(r, period_start, period_end);
     }
     let lines: Vec<Line> = month
         .into_iter()
-        .map(|(k, (amounts, counterfactual))| line(k, amounts, counterfactual))
+        .map(|(k, (amounts, counterfactual))| {
+            let has = has(&k);
+            line(k, amounts, counterfactual, has)
+        })
         .collect();
-    let total = lines.iter().fold(Amounts::default(), |t, l| t + l.amounts);
-    let counterfactual_total = lines
-        .iter()
-        .fold(Amounts::default(), |t, l| t + l.counterfactual);
+    let whole = grouped(&lines, |_| ()).pop();
+    let total = whole.as_ref().map(|g| g.amounts).unwrap_or_default();
+    let counterfactual_total = whole.as_ref().map(|g| g.counterfactual).unwrap_or_default();
+    let covered_total = whole.as_ref().map(|g| g.covered).unwrap_or_default();
+    let cover = whole.map(|g| g.cover).unwrap_or_default();
 
     let mut weighted: BTreeMap<String, (f64, f64)> = BTreeMap::new();
     for m in store.market_between(period_start, period_end)? {
@@ -447,7 +594,9 @@ pub fn build(store: &dyn LedgerStore, query: &ReportQuery) -> Result<MonthlyRepo
         zone_average_price,
         total,
         counterfactual_total,
-        has_counterfactual: !counterfactual.is_empty(),
+        covered_total,
+        cover,
+        has_counterfactual: cover.with_counterfactual > 0,
         budgets,
     })
 }
@@ -466,7 +615,7 @@ fn key(r: &LedgerRecord) -> Key {
     )
 }
 
-fn line(k: Key, amounts: Amounts, counterfactual: Amounts) -> Line {
+fn line(k: Key, amounts: Amounts, counterfactual: Amounts, has_counterfactual: bool) -> Line {
     let (namespace, team, cost_centre, zone, job, tariff_period) = k;
     Line {
         namespace,
@@ -477,6 +626,7 @@ fn line(k: Key, amounts: Amounts, counterfactual: Amounts) -> Line {
         tariff_period,
         amounts,
         counterfactual,
+        has_counterfactual,
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{BudgetScope, MonthlyReport, ReportError, average_price_paid};
+use super::{BudgetScope, Cover, Grouped, MonthlyReport, ReportError, average_price_paid, keys};
 use crate::ledger::record::{format_units, quantum, round_half_away};
 use crate::ledger::{Amounts, Fixed};
 
@@ -84,6 +84,8 @@ struct CsvRow {
     tariff_period: String,
     amounts: Amounts,
     counterfactual: Amounts,
+    saving: Option<Fixed>,
+    cover: Cover,
     zone_avg: String,
     /// The monthly budget of this namespace or team, if one is set.
     budget: Option<Fixed>,
@@ -94,6 +96,17 @@ fn print_money(values: &[Fixed]) -> Vec<String> {
     apportion(values, MONEY_DIGITS)
         .into_iter()
         .map(|u| format_units(u, MONEY_DIGITS))
+        .collect()
+}
+
+/// Money values where known, apportioned among themselves (see [`apportion`]); empty where
+/// not.
+pub fn print_known_money(values: &[Option<Fixed>]) -> Vec<String> {
+    let known: Vec<Fixed> = values.iter().flatten().copied().collect();
+    let mut printed = print_money(&known).into_iter();
+    values
+        .iter()
+        .map(|v| v.and_then(|_| printed.next()).unwrap_or_default())
         .collect()
 }
 
@@ -109,16 +122,19 @@ pub fn budget_of(r: &MonthlyReport, scope: &BudgetScope) -> Option<Fixed> {
 /// tariff period, total.
 fn csv_views(r: &MonthlyReport) -> Vec<Vec<CsvRow>> {
     let zone_avg = |z: &str| price(r.zone_average_price.get(z).copied());
-    let simple = |view: &'static str, groups: Vec<super::Group<String>>| -> Vec<CsvRow> {
+    let simple = |view: &'static str, groups: Vec<Grouped<String>>| -> Vec<CsvRow> {
         groups
             .into_iter()
-            .map(|(k, amounts, counterfactual)| {
+            .map(|g| {
                 let mut row = CsvRow {
                     view,
-                    amounts,
-                    counterfactual,
+                    saving: g.saving(),
+                    amounts: g.amounts,
+                    counterfactual: g.counterfactual,
+                    cover: g.cover,
                     ..CsvRow::default()
                 };
+                let k = g.key;
                 match view {
                     "namespace" => {
                         row.budget = budget_of(r, &BudgetScope::Namespace(k.clone()));
@@ -139,10 +155,12 @@ fn csv_views(r: &MonthlyReport) -> Vec<Vec<CsvRow>> {
             .collect()
     };
     let jobs = r
-        .by_job()
+        .grouped(keys::job)
         .into_iter()
-        .map(
-            |([namespace, team, cost_centre, zone, job], amounts, counterfactual)| CsvRow {
+        .map(|g| {
+            let saving = g.saving();
+            let [namespace, team, cost_centre, zone, job] = g.key;
+            CsvRow {
                 view: "job",
                 zone_avg: zone_avg(&zone),
                 namespace,
@@ -150,36 +168,46 @@ fn csv_views(r: &MonthlyReport) -> Vec<Vec<CsvRow>> {
                 cost_centre,
                 zone,
                 job,
-                amounts,
-                counterfactual,
+                amounts: g.amounts,
+                counterfactual: g.counterfactual,
+                saving,
+                cover: g.cover,
                 ..CsvRow::default()
-            },
-        )
+            }
+        })
         .collect();
     let periods = r
-        .by_tariff_period()
+        .grouped(keys::tariff_period)
         .into_iter()
-        .map(|([zone, tariff_period], amounts, counterfactual)| CsvRow {
-            view: "tariff_period",
-            zone_avg: zone_avg(&zone),
-            zone,
-            tariff_period,
-            amounts,
-            counterfactual,
-            ..CsvRow::default()
+        .map(|g| {
+            let saving = g.saving();
+            let [zone, tariff_period] = g.key;
+            CsvRow {
+                view: "tariff_period",
+                zone_avg: zone_avg(&zone),
+                zone,
+                tariff_period,
+                amounts: g.amounts,
+                counterfactual: g.counterfactual,
+                saving,
+                cover: g.cover,
+                ..CsvRow::default()
+            }
         })
         .collect();
     vec![
         jobs,
-        simple("namespace", r.by_namespace()),
-        simple("team", r.by_team()),
-        simple("cost_centre", r.by_cost_centre()),
-        simple("zone", r.by_zone()),
+        simple("namespace", r.grouped(keys::namespace)),
+        simple("team", r.grouped(keys::team)),
+        simple("cost_centre", r.grouped(keys::cost_centre)),
+        simple("zone", r.grouped(keys::zone)),
         periods,
         vec![CsvRow {
             view: "total",
             amounts: r.total,
             counterfactual: r.counterfactual_total,
+            saving: r.saving(),
+            cover: r.cover,
             ..CsvRow::default()
         }],
     ]
@@ -188,7 +216,8 @@ fn csv_views(r: &MonthlyReport) -> Vec<Vec<CsvRow>> {
 /// Plain CSV: one row per (namespace, team, cost centre, zone, job), then per namespace, team,
 /// cost centre, zone, (zone, tariff period), and the total; the `view` column says which. The
 /// rows of each view add up to its total row. The saving is against running at full power as
-/// soon as submitted (empty where the ledger holds no counterfactual); namespace and team
+/// soon as submitted, over the jobs with a counterfactual only (empty where none has one);
+/// `saving_over_jobs` says how many of the row's jobs that is ("1 of 2"). Namespace and team
 /// rows with a budget show it and what remains of it (negative: over budget).
 pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
     let mut w = csv::Writer::from_writer(Vec::new());
@@ -213,6 +242,7 @@ pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
         "zone_avg_price_per_mwh",
         "counterfactual_cost_full_power_at_submit",
         "saving_vs_full_power_at_submit",
+        "saving_over_jobs",
         "monthly_budget",
         "budget_remaining",
     ])?;
@@ -222,24 +252,15 @@ pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
     for rows in csv_views(r) {
         let amounts: Vec<Amounts> = rows.iter().map(|x| x.amounts).collect();
         let p = print_rows(&amounts);
-        let cf = print_money(
+        let cf = print_known_money(
             &rows
                 .iter()
-                .map(|x| x.counterfactual.cost)
+                .map(|x| x.saving.map(|_| x.counterfactual.cost))
                 .collect::<Vec<_>>(),
         );
-        let saving = print_money(
-            &rows
-                .iter()
-                .map(|x| x.counterfactual.cost - x.amounts.cost)
-                .collect::<Vec<_>>(),
-        );
+        let saving = print_known_money(&rows.iter().map(|x| x.saving).collect::<Vec<_>>());
         for (i, row) in rows.iter().enumerate() {
-            let (cf, saving) = if r.has_counterfactual {
-                (cf[i].as_str(), saving[i].as_str())
-            } else {
-                ("", "")
-            };
+            let cover = row.cover.to_string();
             // The remainder is of the exact amounts, rounded once, so it is the budget minus
             // the exact cost, not minus the apportioned printed cost.
             let (budget, remaining) = row.budget.map_or((String::new(), String::new()), |b| {
@@ -264,8 +285,9 @@ pub fn csv(r: &MonthlyReport) -> Result<String, ReportError> {
                 &p.carbon_kg[i],
                 &price(average_price_paid(&row.amounts)),
                 &row.zone_avg,
-                cf,
-                saving,
+                &cf[i],
+                &saving[i],
+                &cover,
                 &budget,
                 &remaining,
             ])?;
@@ -282,9 +304,11 @@ fn finish(w: csv::Writer<Vec<u8>>) -> Result<String, ReportError> {
 }
 
 /// FOCUS-shaped CSV (the FinOps billing format): one row per (local day, namespace, team,
-/// cost centre, zone, job, tariff period), its charge period the local day in UTC. `ConsumedQuantity` is the metered IT energy;
-/// the cost is that of the facility energy (`x_FacilityKwh`, PUE applied). The rows add up to
-/// the month's total.
+/// cost centre, zone, job, tariff period), its charge period the local day in UTC.
+/// `ConsumedQuantity` is the metered IT energy; the cost is that of the facility energy
+/// (`x_FacilityKwh`, PUE applied). The rows add up to the month's total. The counterfactual's
+/// cost and the saving (`x_CounterfactualCost`, `x_Saving`) are empty for a job without a
+/// counterfactual.
 pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record([
@@ -303,6 +327,8 @@ pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
         "x_FacilityKwh",
         "x_GpuHours",
         "x_TariffPeriod",
+        "x_CounterfactualCost",
+        "x_Saving",
     ])?;
     let rows: Vec<(&super::Day, &super::Line)> = r
         .days
@@ -311,6 +337,13 @@ pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
         .collect();
     let amounts: Vec<Amounts> = rows.iter().map(|(_, l)| l.amounts).collect();
     let p = print_rows(&amounts);
+    let cf = print_known_money(
+        &rows
+            .iter()
+            .map(|(_, l)| l.saving().map(|_| l.counterfactual.cost))
+            .collect::<Vec<_>>(),
+    );
+    let saving = print_known_money(&rows.iter().map(|(_, l)| l.saving()).collect::<Vec<_>>());
     let time = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%dT%H:%M:%SZ").to_string();
     for (i, (d, l)) in rows.iter().enumerate() {
         let tags: BTreeMap<&str, &str> = [
@@ -350,6 +383,8 @@ pub fn focus(r: &MonthlyReport) -> Result<String, ReportError> {
             &p.facility_kwh[i],
             &p.gpu_hours[i],
             &l.tariff_period,
+            &cf[i],
+            &saving[i],
         ])?;
     }
     finish(w)

@@ -47,18 +47,24 @@ pub struct Scheduler {
 impl Scheduler {
     /// Serves `registry` on `grpc_addr` (port 0: any).
     pub async fn start(registry: NodeRegistry, grpc_addr: SocketAddr) -> anyhow::Result<Self> {
-        let commands = CommandCenter::new(registry.clone());
-        let curves = CurveStore::new();
-        let bound = service::bind(ServiceConfig {
+        Self::serve(ServiceConfig {
             grpc_addr,
             admin_addr: "127.0.0.1:0".parse()?,
-            registry: registry.clone(),
-            commands: commands.clone(),
-            curves: curves.clone(),
+            commands: CommandCenter::new(registry.clone()),
+            curves: CurveStore::new(),
+            registry,
             reports: None,
             placement: None,
         })
-        .await?;
+        .await
+    }
+
+    /// Serves `config` as it is (reports, placement and all).
+    pub async fn serve(config: ServiceConfig) -> anyhow::Result<Self> {
+        let registry = config.registry.clone();
+        let commands = config.commands.clone();
+        let curves = config.curves.clone();
+        let bound = service::bind(config).await?;
         let addrs = bound.addrs();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(bound.serve(async {
