@@ -201,14 +201,11 @@ fn status_error(doing: &'static str) -> impl Fn(tonic::Status) -> anyhow::Error 
 /// One line per plan: key, phase, the run's window, zone and nodes, power limit, estimates,
 /// metered energy so far, and the reason.
 pub fn plan_line(p: &JobPlan) -> String {
-    let phase = match PlanPhase::try_from(p.phase).unwrap_or(PlanPhase::Unspecified) {
-        PlanPhase::Planned => "PLANNED",
-        PlanPhase::Run => "RUN",
-        PlanPhase::Suspend => "SUSPEND",
-        PlanPhase::Rejected => "REJECTED",
-        PlanPhase::Done => "DONE",
-        PlanPhase::Unspecified => "?",
-    };
+    // The generated name without its enum prefix, as the operator shows it in job status.
+    let phase = PlanPhase::try_from(p.phase)
+        .unwrap_or(PlanPhase::Unspecified)
+        .as_str_name()
+        .trim_start_matches("PLAN_PHASE_");
     let mut line = format!("{} r{} {phase}", p.key, p.revision);
     if p.start_unix_s != 0 {
         let at = |s: i64| {
